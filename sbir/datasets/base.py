@@ -1,0 +1,118 @@
+"""What every dataset module provides: where its archives come from and how its files map to samples.
+
+A dataset module turns a raw folder in the dataset's official layout into a list of :class:`RawItem`
+(one per sketch or photo) plus the inputs it had to skip, each with a reason. Sharding, splitting and
+verification are generic and live elsewhere (``sbir.sharding``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODALITIES = ("sketch", "photo")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One published archive of a dataset.
+
+    ``url`` is a plain HTTP(S) address, ``drive_id`` a Google Drive file id (one of them is set);
+    ``md5`` is None where the publisher gives none. ``optional`` archives (Extended photos, validity
+    lists) are used when present and skipped with a note when they cannot be had.
+    """
+
+    filename: str
+    description: str
+    url: str | None = None
+    drive_id: str | None = None
+    md5: str | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One sketch or photo of a raw dataset.
+
+    ``source`` is the path relative to the raw root (for QuickDraw strokes ``<file>#<line>``), used as
+    the sample's provenance in metadata and in skip reports. ``instance_id`` pairs a sketch with the
+    photo it depicts (Sketchy: ``<photo-id>``); datasets without pairing use a unique id per image.
+    ``offset`` >= 0 marks a QuickDraw drawing stored at that byte offset of the ndjson file ``path``.
+    """
+
+    modality: str
+    class_name: str
+    source: str
+    instance_id: str
+    path: str
+    offset: int = -1
+    stroke_format: str = ""
+
+
+@dataclass
+class Scan:
+    """The result of reading a raw folder: usable items and skipped inputs with their reasons."""
+
+    items: list[RawItem] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, source: str, reason: str) -> None:
+        self.skipped.append({"source": source, "reason": reason})
+
+
+class Dataset:
+    """Base class of a dataset module; subclasses fill in the class attributes and :meth:`scan`."""
+
+    name: str = ""
+    description: str = ""
+    sources: tuple[Source, ...] = ()
+    #: names of the standard splits (``sbir.splits``) that apply to this dataset
+    splits: tuple[str, ...] = ()
+    #: splits of this dataset's own, name -> unseen class names
+    extra_splits: dict[str, list[str]] = {}
+    default_split: str = ""
+    #: the folders that must exist below the raw root for :meth:`scan` to make sense
+    layout_hint: str = ""
+
+    def scan(self, root: Path) -> Scan:
+        raise NotImplementedError
+
+    def is_layout(self, root: Path) -> bool:
+        """True when ``root`` holds the extracted dataset in its official layout."""
+        raise NotImplementedError
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def scan_class_folders(scan: Scan, root: Path, folder: Path, modality: str, instance_of=None,
+                       class_of=None) -> None:
+    """Add every file of ``folder/<class>/`` to ``scan`` as an item of ``modality``.
+
+    ``instance_of(stem)`` gives a file's fine-grained instance id (default: the modality and the stem,
+    i.e. unpaired); ``class_of(folder_name)`` maps a folder name to a class name, or None to skip the
+    folder with a reason. Files whose suffix is not an image suffix are skipped and reported, as are
+    hidden files; decoding is checked later, while sharding.
+    """
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        class_name = class_of(class_dir.name) if class_of else class_dir.name
+        rel_dir = class_dir.relative_to(root).as_posix()
+        if class_name is None:
+            scan.skip(rel_dir + "/", "folder matches no class of the dataset")
+            continue
+        for path in sorted(class_dir.iterdir()):
+            rel = path.relative_to(root).as_posix()
+            if path.is_dir():
+                scan.skip(rel + "/", "unexpected sub-folder inside a class folder")
+                continue
+            if path.name.startswith("."):
+                scan.skip(rel, "hidden file")
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                scan.skip(rel, f"not an image file (suffix '{path.suffix}')")
+                continue
+            stem = path.stem
+            instance = instance_of(stem) if instance_of else f"{modality}:{stem}"
+            scan.items.append(RawItem(modality=modality, class_name=class_name, source=rel,
+                                      instance_id=f"{class_name}/{instance}", path=str(path)))

@@ -1,0 +1,310 @@
+"""Turn a raw dataset into zero-shot WebDataset shards: ``OUT/{train,val,test}/{sketch,photo}-NNNNNN.tar``.
+
+Parts: ``test`` holds every sketch and photo of the unseen classes; the seen classes go to ``train``
+except a seeded hold-out of instances, ``val``, for model selection (a held-out photo takes its paired
+sketches with it, so val also works for fine-grained checks). Within each part and modality the samples
+are sorted, then shuffled with a seed derived from ``seed``, part and modality, so no shard is
+single-class and the same inputs always give the same bytes.
+
+Images are decoded and normalised (``sbir.images.prepare``) in worker processes, one per core; the main
+process writes the shards in plan order. Inputs that cannot be used are skipped and listed with their
+reason in ``index.json``. Everything is written into a temporary folder beside ``OUT`` that replaces
+``OUT`` only when the index is complete, so an interrupted run never leaves shards that look finished.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import tarfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sbir.datasets import MODALITIES, Dataset, RawItem
+from sbir.datasets.quickdraw import rasterise, read_drawing
+from sbir.errors import BadImage, SbirError
+from sbir.images import prepare, render_png
+from sbir.shards import (
+    INDEX_NAME,
+    PARTS,
+    ShardSink,
+    decode_image,
+    image_of,
+    iter_tar_samples,
+    read_index,
+    sample_key,
+    sample_metadata,
+    sha256_file,
+)
+from sbir.splits import resolve_unseen_classes
+
+INDEX_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """Which raw item goes to which part, in shard order."""
+
+    classes: list[str]
+    seen: list[str]
+    unseen: list[str]
+    parts: dict[tuple[str, str], list[RawItem]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # source -> sample key
+
+
+def _held_out(instances: list[str], fraction: float, rng: random.Random) -> set[str]:
+    if fraction <= 0 or len(instances) < 2:
+        return set()
+    count = min(len(instances) - 1, max(1, round(fraction * len(instances))))
+    return set(rng.sample(sorted(instances), count))
+
+
+def plan_split(items: list[RawItem], unseen: list[str], seed: int = 0, val_fraction: float = 0.1,
+               max_per_class: int | None = None) -> Plan:
+    """Assign items to train/val/test (see the module docstring) and give each a unique sample key."""
+    items = sorted(items, key=lambda i: (i.class_name, i.modality, i.source))
+    if max_per_class:
+        taken: Counter = Counter()
+        kept = []
+        for item in items:
+            if taken[item.class_name, item.modality] < max_per_class:
+                taken[item.class_name, item.modality] += 1
+                kept.append(item)
+        items = kept
+    classes = sorted({item.class_name for item in items})
+    unseen_set = set(unseen)
+    plan = Plan(classes=classes, seen=[c for c in classes if c not in unseen_set], unseen=sorted(unseen))
+    instances_by_class: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        if item.class_name not in unseen_set:
+            instances_by_class[item.class_name].add(item.instance_id)
+    held_out: set[str] = set()
+    for class_name in sorted(instances_by_class):
+        rng = random.Random(f"{seed}:val:{class_name}")
+        held_out |= _held_out(sorted(instances_by_class[class_name]), val_fraction, rng)
+    buckets: dict[tuple[str, str], list[RawItem]] = {(p, m): [] for p in PARTS for m in MODALITIES}
+    used_keys: set[str] = set()
+    for item in items:
+        if item.class_name in unseen_set:
+            part = "test"
+        else:
+            part = "val" if item.instance_id in held_out else "train"
+        buckets[part, item.modality].append(item)
+        key = base = sample_key(item.modality, item.class_name, Path(item.source).stem)
+        suffix = 1
+        while key in used_keys:
+            suffix += 1
+            key = f"{base}_{suffix}"
+        used_keys.add(key)
+        plan.keys[item.source] = key
+    for (part, modality), bucket in buckets.items():
+        random.Random(f"{seed}:{part}:{modality}").shuffle(bucket)
+        plan.parts[part, modality] = bucket
+    return plan
+
+
+def load_item(item: RawItem, image_size: int | None) -> tuple[bytes, str]:
+    """Image bytes and extension of one raw item, ready for a shard; :class:`BadImage` if unusable."""
+    if item.offset >= 0:
+        image = rasterise(read_drawing(item), image_size or 256, item.stroke_format)
+        return render_png(image), "png"
+    try:
+        with open(item.path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise BadImage(f"cannot read: {error.strerror}") from None
+    return prepare(data, item.modality, image_size)
+
+
+def _work(args: tuple[RawItem, int | None]) -> tuple[bytes, str, str]:
+    item, image_size = args
+    try:
+        data, extension = load_item(item, image_size)
+        return data, extension, ""
+    except BadImage as error:
+        return b"", "", str(error)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size: int | None = 256,
+                  shard_size: int = 1000, seed: int = 0, val_fraction: float = 0.1,
+                  max_per_class: int | None = None, workers: int | None = None, max_bad: float = 0.01,
+                  progress: bool = True) -> dict:
+    """Shard ``raw`` (the dataset's official layout) into ``out``; return the index (also ``out/index.json``).
+
+    Raises :class:`SbirError` when the raw folder is missing or not in the dataset's layout, the split
+    is unknown or names classes the dataset lacks, a part would be empty, or more than ``max_bad`` of
+    the images are unreadable (the run could not be trusted).
+    """
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise SbirError(f"{raw}: raw data folder does not exist (run 'sbir-prep download --dataset "
+                        f"{dataset.name}' or pass --raw DIR)")
+    if not dataset.is_layout(raw):
+        raise SbirError(f"{raw}: not in the {dataset.name} layout (expected {dataset.layout_hint})")
+    if shard_size < 1:
+        raise SbirError(f"--shard-size must be at least 1, got {shard_size}")
+    scan = dataset.scan(raw)
+    if not scan.items:
+        raise SbirError(f"{raw}: no {dataset.name} images found (expected {dataset.layout_hint})")
+    class_names = sorted({item.class_name for item in scan.items})
+    unseen = resolve_unseen_classes(split, class_names, dataset.extra_splits)
+    plan = plan_split(scan.items, unseen, seed=seed, val_fraction=val_fraction, max_per_class=max_per_class)
+    class_index = {name: i for i, name in enumerate(plan.classes)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    skipped = list(scan.skipped)
+    counts: dict = {p: {m: {} for m in MODALITIES} for p in PARTS}
+    shards: dict[str, dict] = {}
+    order = [(part, modality, item) for (part, modality), bucket in plan.parts.items() for item in bucket]
+    workers = workers or os.cpu_count() or 1
+    bad = 0
+    try:
+        sinks = {(p, m): ShardSink(tmp / p, m, shard_size) for p in PARTS for m in MODALITIES}
+        jobs = ((item, image_size) for _, _, item in order)
+        chunksize = max(1, min(64, len(order) // (workers * 16) or 1))
+        with _pool(workers) as pool:
+            results = pool.imap(_work, jobs, chunksize=chunksize) if pool else map(_work, jobs)
+            bar = tqdm(results, total=len(order), desc=f"shard {dataset.name}", unit="img",
+                       disable=not progress, file=sys.stderr)
+            for (part, modality, item), (data, extension, reason) in zip(order, bar):
+                if reason:
+                    skipped.append({"source": item.source, "reason": reason})
+                    bad += 1
+                    continue
+                meta = sample_metadata(item.class_name, modality, item.source, item.instance_id)
+                sinks[part, modality].write(plan.keys[item.source], data, extension,
+                                            class_index[item.class_name], meta)
+                per_class = counts[part][modality]
+                per_class[item.class_name] = per_class.get(item.class_name, 0) + 1
+        for sink in sinks.values():
+            for path, count in sink.close():
+                shards[path.relative_to(tmp).as_posix()] = {"samples": count, "sha256": sha256_file(path)}
+        if order and bad / len(order) > max_bad:
+            raise SbirError(f"{raw}: {bad} of {len(order)} images are unreadable (more than "
+                            f"{max_bad:.0%}); see the reasons with --max-bad 1 and {INDEX_NAME}")
+        for part in ("train", "test"):
+            if not any(counts[part][m] for m in MODALITIES):
+                raise SbirError(f"split '{split}' leaves the {part} part empty")
+        index = {
+            "version": INDEX_VERSION, "dataset": dataset.name, "split": split,
+            "params": {"image_size": image_size, "shard_size": shard_size, "seed": seed,
+                       "val_fraction": val_fraction, "max_per_class": max_per_class},
+            "classes": plan.classes, "seen_classes": plan.seen, "unseen_classes": plan.unseen,
+            "counts": {p: {m: dict(sorted(c.items())) for m, c in by_modality.items()}
+                       for p, by_modality in counts.items()},
+            "totals": {p: {m: sum(c.values()) for m, c in mods.items()} for p, mods in counts.items()},
+            "shards": dict(sorted(shards.items())),
+            "skipped": sorted(skipped, key=lambda s: s["source"]),
+            "notes": scan.notes,
+        }
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+class _pool:
+    """A process pool over ``workers`` processes, or None (work in this process) for one worker."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+        return self.pool
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate() if exc[0] else self.pool.close()
+            self.pool.join()
+        return False
+
+
+def summary_table(index: dict) -> str:
+    """A plain-text table of samples, classes and shards per part and modality."""
+    rows = [("part", "modality", "samples", "classes", "shards")]
+    for part in PARTS:
+        for modality in MODALITIES:
+            per_class = index["counts"][part][modality]
+            n_shards = sum(1 for rel in index["shards"] if rel.startswith(f"{part}/{modality}-"))
+            rows.append((part, modality, str(sum(per_class.values())), str(len(per_class)), str(n_shards)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    return "\n".join(lines)
+
+
+def _verify_shard(path: Path) -> tuple[str, Counter, list[str]]:
+    """sha256 of a shard, its samples counted by class, and the problems found in it."""
+    counts: Counter = Counter()
+    problems = []
+    try:
+        for sample in iter_tar_samples(path):
+            key = sample["__key__"]
+            try:
+                meta = json.loads(sample["json"])
+                _, data = image_of(sample)
+                decode_image(data)
+                int(sample["cls"])
+                counts[meta["class"]] += 1
+            except (KeyError, ValueError, OSError, SyntaxError) as error:
+                problems.append(f"{path.name}: sample {key}: {error}")
+    except (OSError, tarfile.TarError) as error:
+        problems.append(f"{path.name}: unreadable tar: {error}")
+    return sha256_file(path), counts, problems
+
+
+def verify_sharded(out: Path, workers: int | None = None, progress: bool = True) -> tuple[list[str], str]:
+    """Check a sharded dataset against its index: shard hashes, counts per part/modality/class, and that
+    every image decodes. Returns the problems found (empty when all is well) and a summary table."""
+    out = Path(out)
+    index = read_index(out)
+    problems = []
+    listed = set(index["shards"])
+    on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.tar")}
+    problems += [f"{rel}: listed in {INDEX_NAME} but missing" for rel in sorted(listed - on_disk)]
+    problems += [f"{rel}: on disk but not listed in {INDEX_NAME}" for rel in sorted(on_disk - listed)]
+    present = sorted(listed & on_disk)
+    found: dict = {p: {m: Counter() for m in MODALITIES} for p in PARTS}
+    with _pool(min(workers or os.cpu_count() or 1, max(1, len(present)))) as pool:
+        paths = [out / rel for rel in present]
+        results = pool.imap(_verify_shard, paths) if pool else map(_verify_shard, paths)
+        for rel, (digest, counts, shard_problems) in tqdm(zip(present, results), total=len(present),
+                                                          desc="verify", unit="shard", disable=not progress,
+                                                          file=sys.stderr):
+            problems += shard_problems
+            if digest != index["shards"][rel]["sha256"]:
+                problems.append(f"{rel}: sha256 mismatch (expected {index['shards'][rel]['sha256'][:12]}..., "
+                                f"got {digest[:12]}...)")
+            part, modality = rel.split("/")[0], rel.split("/")[1].split("-")[0]
+            found[part][modality].update(counts)
+    for part in PARTS:
+        for modality in MODALITIES:
+            expected = Counter(index["counts"][part][modality])
+            if found[part][modality] != expected and not any("missing" in p for p in problems):
+                diff = sorted(set(expected) | set(found[part][modality]))
+                bad = [f"{c} {expected[c]}->{found[part][modality][c]}" for c in diff
+                       if expected[c] != found[part][modality][c]]
+                problems.append(f"{part}/{modality}: counts differ from {INDEX_NAME}: {', '.join(bad[:5])}")
+    return problems, summary_table(index)

@@ -1,0 +1,68 @@
+"""The standard zero-shot splits (unseen = test classes) and user-defined split files.
+
+A split is a list of unseen class names. Names are matched to a dataset's class names after
+normalisation (case, and ``_``/``-``/space treated alike), because the published lists spell some
+classes differently from the data (``fire_hydrant`` vs ``fire hydrant``, ``frying-pan``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from sbir.errors import SbirError
+
+STANDARD_SPLITS = ("sketchy21", "sketchy25", "tuberlin30", "quickdraw30")
+
+
+def normalise_class_name(name: str) -> str:
+    """Spelling-insensitive key of a class name: lower case, ``_``, ``-`` and spaces removed."""
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class names, one per line; blank lines and ``#`` comments ignored."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SbirError(f"{path}: split file is not UTF-8 text") from None
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise SbirError(f"{path}: split file lists no class names")
+    return names
+
+
+def standard_split(name: str) -> list[str]:
+    text = resources.files("sbir.splits").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def resolve_unseen_classes(split: str, class_names: list[str],
+                           extra_splits: dict[str, list[str]] | None = None) -> list[str]:
+    """The dataset's own class names that a split marks unseen.
+
+    ``split`` is a standard split name, a name from ``extra_splits`` (a dataset's own splits), or a path
+    to a text file of class names. Raises :class:`SbirError` naming the split and every class it lists
+    that the dataset does not have.
+    """
+    extra_splits = extra_splits or {}
+    if split in extra_splits:
+        wanted, origin = extra_splits[split], f"split '{split}'"
+    elif split in STANDARD_SPLITS:
+        wanted, origin = standard_split(split), f"split '{split}'"
+    elif Path(split).is_file():
+        wanted, origin = read_class_list(Path(split)), f"{split}"
+    else:
+        names = ", ".join([*STANDARD_SPLITS, *extra_splits])
+        raise SbirError(f"unknown split '{split}': not one of {names}, and no such file")
+    by_key = {normalise_class_name(c): c for c in class_names}
+    unknown = [w for w in wanted if normalise_class_name(w) not in by_key]
+    if unknown:
+        raise SbirError(f"{origin}: unknown class(es) {', '.join(repr(u) for u in unknown)} "
+                        f"(the dataset has {len(class_names)} classes)")
+    unseen = sorted({by_key[normalise_class_name(w)] for w in wanted})
+    if len(unseen) == len(class_names):
+        raise SbirError(f"{origin}: every class is unseen, nothing is left to train on")
+    return unseen
