@@ -39,6 +39,7 @@ from sbir.shards import (
     image_of,
     iter_tar_samples,
     read_index,
+    sample_bytes,
     sample_key,
     sample_metadata,
     sha256_file,
@@ -123,13 +124,15 @@ def load_item(item: RawItem, image_size: int | None) -> tuple[bytes, str]:
     return prepare(data, item.modality, image_size)
 
 
-def _work(args: tuple[RawItem, int | None]) -> tuple[bytes, str, str]:
-    item, image_size = args
+def _work(args: tuple[RawItem, int | None, str, int]) -> tuple[bytes, str]:
+    """A worker's job: the sample's tar bytes, or the reason it was skipped."""
+    item, image_size, key, class_index = args
     try:
         data, extension = load_item(item, image_size)
-        return data, extension, ""
     except BadImage as error:
-        return b"", "", str(error)
+        return b"", str(error)
+    meta = sample_metadata(item.class_name, item.modality, item.source, item.instance_id)
+    return sample_bytes(key, data, extension, class_index, meta), ""
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -177,25 +180,23 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
     bad = 0
     try:
         sinks = {(p, m): ShardSink(tmp / p, m, shard_size) for p in PARTS for m in MODALITIES}
-        jobs = ((item, image_size) for _, _, item in order)
+        jobs = ((item, image_size, plan.keys[item.source], class_index[item.class_name]) for _, _, item in order)
         chunksize = max(1, min(64, len(order) // (workers * 16) or 1))
         with _pool(workers) as pool:
             results = pool.imap(_work, jobs, chunksize=chunksize) if pool else map(_work, jobs)
             bar = tqdm(results, total=len(order), desc=f"shard {dataset.name}", unit="img",
                        disable=not progress, file=sys.stderr)
-            for (part, modality, item), (data, extension, reason) in zip(order, bar):
+            for (part, modality, item), (chunk, reason) in zip(order, bar):
                 if reason:
                     skipped.append({"source": item.source, "reason": reason})
                     bad += 1
                     continue
-                meta = sample_metadata(item.class_name, modality, item.source, item.instance_id)
-                sinks[part, modality].write(plan.keys[item.source], data, extension,
-                                            class_index[item.class_name], meta)
+                sinks[part, modality].write(chunk)
                 per_class = counts[part][modality]
                 per_class[item.class_name] = per_class.get(item.class_name, 0) + 1
         for sink in sinks.values():
-            for path, count in sink.close():
-                shards[path.relative_to(tmp).as_posix()] = {"samples": count, "sha256": sha256_file(path)}
+            for path, count, digest in sink.close():
+                shards[path.relative_to(tmp).as_posix()] = {"samples": count, "sha256": digest}
         if order and bad / len(order) > max_bad:
             raise SbirError(f"{raw}: {bad} of {len(order)} images are unreadable (more than "
                             f"{max_bad:.0%}); see the reasons with --max-bad 1 and {INDEX_NAME}")

@@ -17,9 +17,9 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import webdataset as wds
-
 SHARD_MTIME = 0
+TAR_MODE = 0o444
+TAR_OWNER = "sbir"
 INDEX_NAME = "index.json"
 PARTS = ("train", "val", "test")
 
@@ -42,40 +42,64 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tar_member(name: str, data: bytes) -> bytes:
+    """One regular-file member of a tar (header, data, padding), exactly as ``tarfile`` writes it.
+
+    Building members as bytes lets the worker processes that prepare the images also serialise them,
+    leaving the writer only to append; the result is byte-identical to ``webdataset.TarWriter`` with
+    the same header fields (tested).
+    """
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), SHARD_MTIME, TAR_MODE
+    info.uname = info.gname = TAR_OWNER
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    padding = -len(data) % tarfile.BLOCKSIZE
+    return header + data + tarfile.NUL * padding
+
+
+def sample_bytes(key: str, image: bytes, extension: str, class_index: int, metadata: bytes) -> bytes:
+    """The tar members of one sample, in the order ``webdataset.TarWriter`` writes them (sorted)."""
+    members = {extension: image, "cls": str(class_index).encode(), "json": metadata}
+    return b"".join(tar_member(f"{key}.{ext}", members[ext]) for ext in sorted(members))
+
+
 class ShardSink:
-    """Writes samples into ``<folder>/<prefix>-NNNNNN.tar`` shards of at most ``shard_size`` samples."""
+    """Appends samples (from :func:`sample_bytes`) to ``<folder>/<prefix>-NNNNNN.tar`` shards of at most
+    ``shard_size`` samples, hashing as it writes; each shard is renamed into place when complete."""
 
     def __init__(self, folder: Path, prefix: str, shard_size: int):
         self.folder, self.prefix, self.shard_size = folder, prefix, shard_size
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.shards: list[tuple[Path, int]] = []
-        self._writer: wds.TarWriter | None = None
+        self.shards: list[tuple[Path, int, str]] = []
         self._handle = None
         self._count = 0
 
-    def write(self, key: str, image: bytes, extension: str, class_index: int, metadata: bytes) -> None:
-        if self._writer is None or self._count == self.shard_size:
+    def write(self, chunk: bytes) -> None:
+        if self._handle is None or self._count == self.shard_size:
             self._close_shard()
-            name = f"{self.prefix}-{len(self.shards):06d}.tar"
-            self._path = self.folder / name
+            self._path = self.folder / f"{self.prefix}-{len(self.shards):06d}.tar"
             self._handle = open(self._path.with_suffix(".tar.tmp"), "wb")
-            self._writer = wds.TarWriter(self._handle, user="sbir", group="sbir", mtime=SHARD_MTIME,
-                                         encoder=False, format="GNU_FORMAT")
-            self._count = 0
-        self._writer.write({"__key__": key, extension: image, "cls": str(class_index).encode(),
-                            "json": metadata})
+            self._digest = hashlib.sha256()
+            self._size = self._count = 0
+        self._handle.write(chunk)
+        self._digest.update(chunk)
+        self._size += len(chunk)
         self._count += 1
 
     def _close_shard(self) -> None:
-        if self._writer is None:
+        if self._handle is None:
             return
-        self._writer.close()
+        end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+        end += tarfile.NUL * (-(self._size + len(end)) % tarfile.RECORDSIZE)
+        self._handle.write(end)
+        self._digest.update(end)
         self._handle.close()
         os.replace(self._path.with_suffix(".tar.tmp"), self._path)
-        self.shards.append((self._path, self._count))
-        self._writer = None
+        self.shards.append((self._path, self._count, self._digest.hexdigest()))
+        self._handle = None
 
-    def close(self) -> list[tuple[Path, int]]:
+    def close(self) -> list[tuple[Path, int, str]]:
+        """Finish the last shard; return (path, samples, sha256) of every shard written."""
         self._close_shard()
         return self.shards
 

@@ -15,7 +15,7 @@ from sbir.datasets import get_dataset
 from sbir.errors import SbirError
 from sbir.images import decode
 from sbir.sharding import shard_dataset, verify_sharded
-from sbir.shards import iter_tar_samples, read_index
+from sbir.shards import iter_tar_samples, read_index, sha256_file
 from sbir.splits import normalise_class_name, standard_split
 
 AUG = "tx_000000000000"
@@ -290,3 +290,29 @@ def test_verify_finds_tampering(tmp_path):
     problems, _ = verify_sharded(out, progress=False)
     assert any("train/photo-000000.tar: sha256 mismatch" in p for p in problems)
     assert any("test/sketch-000000.tar: listed in index.json but missing" in p for p in problems)
+
+
+def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
+    import io
+    import tarfile
+
+    import webdataset as wds
+
+    from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, ShardSink, sample_bytes
+
+    samples = [(f"photo_cat_{i}", bytes(j % 251 for j in range(i, i + 700 + 37 * i)), "jpg", i, b'{"class":"cat"}') for i in range(5)]
+    sink = ShardSink(tmp_path, "photo", shard_size=10)
+    for sample in samples:
+        sink.write(sample_bytes(*sample))
+    [(path, count, digest)] = sink.close()
+    reference = io.BytesIO()
+    writer = wds.TarWriter(reference, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=SHARD_MTIME,
+                           encoder=False)
+    for key, image, ext, cls, meta in samples:
+        writer.write({"__key__": key, ext: image, "cls": str(cls).encode(), "json": meta})
+    writer.close()
+    assert count == 5
+    assert path.read_bytes() == reference.getvalue()
+    assert digest == sha256_file(path)
+    with tarfile.open(path) as tar:
+        assert tar.getnames()[:3] == ["photo_cat_0.cls", "photo_cat_0.jpg", "photo_cat_0.json"]
