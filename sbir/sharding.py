@@ -44,7 +44,7 @@ from sbir.shards import (
     sample_metadata,
     sha256_file,
 )
-from sbir.splits import resolve_unseen_classes
+from sbir.splits import normalise_class_name, resolve_unseen_classes
 
 INDEX_VERSION = 1
 
@@ -111,6 +111,41 @@ def plan_split(items: list[RawItem], unseen: list[str], seed: int = 0, val_fract
     return plan
 
 
+def read_reference_lists(paths: list[Path]) -> set[tuple[str, str]]:
+    """(class key, file stem) of every file named in SAKE-format lists (``<relative path> <class id>``).
+
+    Paths may contain spaces, so each line is split on its LAST space. These are the reference file
+    lists of the published splits (e.g. ZSE-SBIR's ``sketch_tx_000000000000_ready_filelist_zero.txt``);
+    they also encode which sketches the reference filtered out as invalid.
+    """
+    listed: set[tuple[str, str]] = set()
+    for path in paths:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise SbirError(f"{path}: cannot read reference list: {error.strerror}") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            relative = line.rsplit(" ", 1)[0] if " " in line.strip() else line
+            parts = Path(relative.strip()).parts
+            if len(parts) < 2:
+                raise SbirError(f"{path}:{number}: expected '<class>/<file> <class id>', got {line!r}")
+            listed.add((normalise_class_name(parts[-2]), Path(parts[-1]).stem))
+    return listed
+
+
+def filter_by_reference(scan_items: list[RawItem], listed: set[tuple[str, str]]) -> tuple[list, list]:
+    """Items whose (class, stem) the reference lists name, and skip records for the others."""
+    kept, skipped = [], []
+    for item in scan_items:
+        if (normalise_class_name(item.class_name), Path(item.source).stem) in listed:
+            kept.append(item)
+        else:
+            skipped.append({"source": item.source, "reason": "not in the reference file lists"})
+    return kept, skipped
+
+
 def load_item(item: RawItem, image_size: int | None) -> tuple[bytes, str]:
     """Image bytes and extension of one raw item, ready for a shard; :class:`BadImage` if unusable."""
     if item.offset >= 0:
@@ -146,12 +181,13 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size: int | None = 256,
                   shard_size: int = 1000, seed: int = 0, val_fraction: float = 0.1,
                   max_per_class: int | None = None, workers: int | None = None, max_bad: float = 0.01,
-                  progress: bool = True) -> dict:
+                  reference_lists: list[Path] = (), progress: bool = True) -> dict:
     """Shard ``raw`` (the dataset's official layout) into ``out``; return the index (also ``out/index.json``).
 
     Raises :class:`SbirError` when the raw folder is missing or not in the dataset's layout, the split
     is unknown or names classes the dataset lacks, a part would be empty, or more than ``max_bad`` of
-    the images are unreadable (the run could not be trusted).
+    the images are unreadable (the run could not be trusted). ``reference_lists`` (SAKE-format file
+    lists) restrict the inputs to the files they name, reproducing a published split's exact counts.
     """
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
@@ -164,6 +200,11 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
     scan = dataset.scan(raw)
     if not scan.items:
         raise SbirError(f"{raw}: no {dataset.name} images found (expected {dataset.layout_hint})")
+    if reference_lists:
+        scan.items, left_out = filter_by_reference(scan.items, read_reference_lists(list(reference_lists)))
+        scan.skipped += left_out
+        if not scan.items:
+            raise SbirError(f"{raw}: no file is named in the reference lists {', '.join(map(str, reference_lists))}")
     class_names = sorted({item.class_name for item in scan.items})
     unseen = resolve_unseen_classes(split, class_names, dataset.extra_splits)
     plan = plan_split(scan.items, unseen, seed=seed, val_fraction=val_fraction, max_per_class=max_per_class)
@@ -206,7 +247,8 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
         index = {
             "version": INDEX_VERSION, "dataset": dataset.name, "split": split,
             "params": {"image_size": image_size, "shard_size": shard_size, "seed": seed,
-                       "val_fraction": val_fraction, "max_per_class": max_per_class},
+                       "val_fraction": val_fraction, "max_per_class": max_per_class,
+                       "reference_lists": [Path(p).name for p in reference_lists]},
             "classes": plan.classes, "seen_classes": plan.seen, "unseen_classes": plan.unseen,
             "counts": {p: {m: dict(sorted(c.items())) for m, c in by_modality.items()}
                        for p, by_modality in counts.items()},

@@ -70,10 +70,13 @@ def download(dataset: str, source: Path | None, mirror: str | None, out: Path | 
 @click.option("--workers", type=int, help="Worker processes [all cores].")
 @click.option("--max-bad", default=0.01, show_default=True,
               help="Fail when more than this fraction of the images cannot be read.")
+@click.option("--reference-list", "reference_lists", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="SAKE-format file list ('<path> <class id>'); keep only the files listed (repeatable). "
+                   "Reproduces a published split's exact counts, invalid-sketch filtering included.")
 @user_errors
 def shard(dataset: str, split: str | None, raw: Path | None, out: Path, image_size: int, shard_size: int,
           val_fraction: float, seed: int, max_per_class: int | None, strokes: str, workers: int | None,
-          max_bad: float) -> None:
+          max_bad: float, reference_lists: tuple[Path, ...]) -> None:
     """Write zero-shot WebDataset shards: OUT/{train,val,test}/{sketch,photo}-NNNNNN.tar + OUT/index.json.
 
     train and val hold the seen classes (val: a seeded hold-out for model selection), test the unseen
@@ -89,7 +92,8 @@ def shard(dataset: str, split: str | None, raw: Path | None, out: Path, image_si
     raw = resolve_raw(raw or Path("data/raw") / spec.name)
     index = shard_dataset(spec, raw, out, split or spec.default_split, image_size=image_size or None,
                           shard_size=shard_size, seed=seed, val_fraction=val_fraction,
-                          max_per_class=max_per_class, workers=workers, max_bad=max_bad, progress=_progress())
+                          max_per_class=max_per_class, workers=workers, max_bad=max_bad,
+                          reference_lists=list(reference_lists), progress=_progress())
     click.echo(summary_table(index))
     click.echo(f"{len(index['seen_classes'])} seen, {len(index['unseen_classes'])} unseen classes; "
                f"{len(index['shards'])} shards in {out}")
