@@ -1,0 +1,157 @@
+"""The shared training loop: sampling, determinism, resume after a kill, model selection, 2-process gloo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sbir.sampling import PairSampler
+from sbir.train import TrainConfig, TrainData, load_checkpoint, load_weights, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ToyModel(nn.Module):
+    """Two linear heads on fixed features, triplet loss: the smallest real training problem."""
+
+    def __init__(self, dim: int = 16, out: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = nn.ModuleDict({"sketch": nn.Linear(dim, out), "photo": nn.Linear(dim, out)})
+
+    def embed(self, x, modality):
+        return nn.functional.normalize(self.heads[modality](x), dim=-1)
+
+    def forward(self, batch):
+        s = self.embed(batch["sketch"], "sketch")
+        p = self.embed(batch["positive"], "photo")
+        n = self.embed(batch["negative"], "photo")
+        loss = nn.functional.relu((s - p).norm(dim=1) - (s - n).norm(dim=1) + 0.5).mean()
+        return loss, {"triplet": float(loss.detach())}
+
+
+def toy_data(seed: int, n_per_class: int = 20, classes: int = 4, dim: int = 16) -> TrainData:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(size=(classes, dim))
+    labels = np.repeat(np.arange(classes), n_per_class)
+    sketch = centres[labels] + rng.normal(scale=1.5, size=(len(labels), dim))
+    photo = centres[labels] @ np.random.default_rng(7).normal(size=(dim, dim)) / 3 + rng.normal(
+        scale=1.5, size=(len(labels), dim))
+    tensors = {"sketch": torch.tensor(sketch, dtype=torch.float32), "photo": torch.tensor(photo, dtype=torch.float32)}
+    return TrainData(lambda modality, idx: tensors[modality][torch.as_tensor(idx)],
+                     {"sketch": labels, "photo": labels},
+                     {"sketch": [f"i{i}" for i in range(len(labels))], "photo": [f"i{i}" for i in range(len(labels))]})
+
+
+def test_sampler_pairs_are_right_and_deterministic():
+    sketch_labels = np.array([0, 0, 1, 1, 2])
+    photo_labels = np.array([0, 1, 1, 2, 2, 0])
+    sampler = PairSampler(sketch_labels, photo_labels, seed=3)
+    s, p, n = sampler.batch(5, 64)
+    assert (photo_labels[p] == sketch_labels[s]).all()
+    assert (photo_labels[n] != sketch_labels[s]).all()
+    again = PairSampler(sketch_labels, photo_labels, seed=3).batch(5, 64)
+    assert all((a == b).all() for a, b in zip((s, p, n), again))
+    assert not (PairSampler(sketch_labels, photo_labels, seed=4).batch(5, 64)[0] == s).all()
+
+
+def test_fine_grained_sampler_uses_the_paired_photo():
+    sampler = PairSampler([0, 0, 1], [0, 0, 1, 1], ["a", "b", "x"], ["b", "a", "y", "x"], fine_grained=True)
+    s, p, n = sampler.batch(0, 50)
+    expected = {0: 1, 1: 0, 2: 3}
+    assert all(p[i] == expected[s[i]] for i in range(50))
+    assert all(n[i] != p[i] for i in range(50))
+    assert all(n[i] in (0, 1) for i in range(50) if s[i] in (0, 1))  # hard negative: same class
+
+
+def test_training_lowers_loss_and_improves_val(tmp_path):
+    model = ToyModel()
+    config = TrainConfig(steps=60, batch_size=32, lr=1e-2, eval_every=20, checkpoint_every=20)
+    from sbir.train import validate
+
+    before = validate(model, toy_data(1), torch.device("cpu"))["map_all"]
+    first_loss = float(model(_batch(model))[0])
+    summary = train(model, toy_data(0), toy_data(1), config, tmp_path, progress=False)
+    assert summary["best_val_map_all"] > before + 0.05
+    assert summary["last_loss"] < first_loss
+    assert (tmp_path / "model.safetensors").is_file()
+    reloaded = load_weights(tmp_path / "model.safetensors", ToyModel())
+    assert validate(reloaded, toy_data(1), torch.device("cpu"))["map_all"] == pytest.approx(summary["best_val_map_all"])
+
+
+def _batch(model):
+    data = toy_data(0)
+    idx = np.arange(32)
+    return {"sketch": data.fetch("sketch", idx), "positive": data.fetch("photo", idx),
+            "negative": data.fetch("photo", (idx + 20) % 80)}
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path):
+    config = TrainConfig(steps=40, batch_size=16, lr=1e-2, eval_every=10, checkpoint_every=10)
+    straight = ToyModel()
+    train(straight, toy_data(0), toy_data(1), config, tmp_path / "a", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    interrupted = ToyModel()
+    calls = {"n": 0}
+    original = interrupted.forward
+
+    def dying_forward(batch):
+        calls["n"] += 1
+        if calls["n"] == 26:  # after the checkpoint at step 20, before the one at 30
+            raise Killed
+        return original(batch)
+
+    interrupted.forward = dying_forward
+    with pytest.raises(Killed):
+        train(interrupted, toy_data(0), toy_data(1), config, tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 20
+    resumed = ToyModel()  # a fresh process: new model, state from the checkpoint
+    train(resumed, toy_data(0), toy_data(1), config, tmp_path / "b", progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_train import ToyModel, toy_data
+from sbir.train import TrainConfig, train
+summary = train(ToyModel(), toy_data(0), toy_data(1), TrainConfig(steps=6, batch_size=8, eval_every=3,
+                checkpoint_every=3), {out!r}, progress=False)
+rank = torch.distributed.get_rank()
+print(f"rank {{rank}} of {{torch.distributed.get_world_size()}} steps {{summary['steps']}}")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_process_gloo_training(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path / "out")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--rdzv-endpoint=127.0.0.1:0", "--rdzv-backend=c10d",
+                             str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 of 2 steps 6" in result.stdout and "rank 1 of 2 steps 6" in result.stdout
+    assert (tmp_path / "out" / "model.safetensors").is_file()
