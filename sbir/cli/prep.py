@@ -134,7 +134,8 @@ def info() -> None:
         for split in (*spec.splits, *spec.extra_splits):
             unseen = spec.extra_splits.get(split) or standard_split(split)
             default = " (default)" if split == spec.default_split else ""
-            click.echo(f"  split {split}{default}: {len(unseen)} unseen classes: {', '.join(unseen[:6])}, ...")
+            shown = ", ".join(unseen[:6]) + (", ..." if len(unseen) > 6 else "")
+            click.echo(f"  split {split}{default}: {len(unseen)} unseen classes: {shown}")
         for source in spec.sources:
             where = source.url or f"Google Drive id {source.drive_id}"
             md5 = source.md5 or "no md5 published"
