@@ -34,7 +34,7 @@ from sbir.images import prepare, render_png
 from sbir.shards import (
     INDEX_NAME,
     PARTS,
-    ShardSink,
+    TarShardWriter,
     decode_image,
     image_of,
     iter_tar_samples,
@@ -159,15 +159,37 @@ def load_item(item: RawItem, image_size: int | None) -> tuple[bytes, str]:
     return prepare(data, item.modality, image_size)
 
 
-def _work(args: tuple[RawItem, int | None, str, int]) -> tuple[bytes, str]:
-    """A worker's job: the sample's tar bytes, or the reason it was skipped."""
-    item, image_size, key, class_index = args
-    try:
-        data, extension = load_item(item, image_size)
-    except BadImage as error:
-        return b"", str(error)
-    meta = sample_metadata(item.class_name, item.modality, item.source, item.instance_id)
-    return sample_bytes(key, data, extension, class_index, meta), ""
+@dataclass
+class ShardJob:
+    """One shard to write: a block of consecutive plan positions of one part and modality."""
+
+    path: Path
+    items: list[RawItem]
+    keys: list[str]
+    class_indices: list[int]
+    image_size: int | None
+
+
+def write_shard(job: ShardJob) -> dict:
+    """A worker's job: write one whole shard; return its sha256, counts per class and skipped inputs.
+
+    Workers write whole shards so that no image crosses a process boundary: the only cost of sharding
+    beyond decoding is appending bytes to a file.
+    """
+    writer = TarShardWriter(job.path)
+    counts: Counter = Counter()
+    skipped = []
+    for item, key, class_index in zip(job.items, job.keys, job.class_indices):
+        try:
+            data, extension = load_item(item, job.image_size)
+        except BadImage as error:
+            skipped.append({"source": item.source, "reason": str(error)})
+            continue
+        meta = sample_metadata(item.class_name, item.modality, item.source, item.instance_id)
+        writer.write(sample_bytes(key, data, extension, class_index, meta))
+        counts[item.class_name] += 1
+    return {"path": job.path, "samples": writer.count, "sha256": writer.close(), "counts": counts,
+            "skipped": skipped, "inputs": len(job.items)}
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -214,32 +236,37 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     skipped = list(scan.skipped)
-    counts: dict = {p: {m: {} for m in MODALITIES} for p in PARTS}
+    counts: dict = {p: {m: Counter() for m in MODALITIES} for p in PARTS}
     shards: dict[str, dict] = {}
-    order = [(part, modality, item) for (part, modality), bucket in plan.parts.items() for item in bucket]
-    workers = workers or os.cpu_count() or 1
+    jobs = []
+    for (part, modality), bucket in plan.parts.items():
+        for number, start in enumerate(range(0, len(bucket), shard_size)):
+            block = bucket[start:start + shard_size]
+            jobs.append(ShardJob(tmp / part / f"{modality}-{number:06d}.tar", block,
+                                 [plan.keys[item.source] for item in block],
+                                 [class_index[item.class_name] for item in block], image_size))
+    total = sum(len(job.items) for job in jobs)
     bad = 0
     try:
-        sinks = {(p, m): ShardSink(tmp / p, m, shard_size) for p in PARTS for m in MODALITIES}
-        jobs = ((item, image_size, plan.keys[item.source], class_index[item.class_name]) for _, _, item in order)
-        chunksize = max(1, min(64, len(order) // (workers * 16) or 1))
-        with _pool(workers) as pool:
-            results = pool.imap(_work, jobs, chunksize=chunksize) if pool else map(_work, jobs)
-            bar = tqdm(results, total=len(order), desc=f"shard {dataset.name}", unit="img",
-                       disable=not progress, file=sys.stderr)
-            for (part, modality, item), (chunk, reason) in zip(order, bar):
-                if reason:
-                    skipped.append({"source": item.source, "reason": reason})
-                    bad += 1
-                    continue
-                sinks[part, modality].write(chunk)
-                per_class = counts[part][modality]
-                per_class[item.class_name] = per_class.get(item.class_name, 0) + 1
-        for sink in sinks.values():
-            for path, count, digest in sink.close():
-                shards[path.relative_to(tmp).as_posix()] = {"samples": count, "sha256": digest}
-        if order and bad / len(order) > max_bad:
-            raise SbirError(f"{raw}: {bad} of {len(order)} images are unreadable (more than "
+        # largest shards first, so the last ones to finish are small and no core idles long
+        ordered = sorted(jobs, key=lambda job: -len(job.items))
+        with _pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
+            results = pool.imap_unordered(write_shard, ordered) if pool else map(write_shard, ordered)
+            bar = tqdm(total=total, desc=f"shard {dataset.name}", unit="img", disable=not progress, file=sys.stderr)
+            written = []
+            for result in results:
+                written.append(result)
+                bar.update(result["inputs"])
+            bar.close()
+        for result in sorted(written, key=lambda r: str(r["path"])):
+            part, modality = result["path"].parent.name, result["path"].name.split("-")[0]
+            counts[part][modality].update(result["counts"])
+            skipped += result["skipped"]
+            bad += len(result["skipped"])
+            shards[result["path"].relative_to(tmp).as_posix()] = {"samples": result["samples"],
+                                                                   "sha256": result["sha256"]}
+        if total and bad / total > max_bad:
+            raise SbirError(f"{raw}: {bad} of {total} images are unreadable (more than "
                             f"{max_bad:.0%}); see the reasons with --max-bad 1 and {INDEX_NAME}")
         for part in ("train", "test"):
             if not any(counts[part][m] for m in MODALITIES):

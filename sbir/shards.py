@@ -45,9 +45,8 @@ def sha256_file(path: Path) -> str:
 def tar_member(name: str, data: bytes) -> bytes:
     """One regular-file member of a tar (header, data, padding), exactly as ``tarfile`` writes it.
 
-    Building members as bytes lets the worker processes that prepare the images also serialise them,
-    leaving the writer only to append; the result is byte-identical to ``webdataset.TarWriter`` with
-    the same header fields (tested).
+    Writing the members directly keeps the shard writer small enough to run in every worker process;
+    the result is byte-identical to ``webdataset.TarWriter`` with the same header fields (tested).
     """
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), SHARD_MTIME, TAR_MODE
@@ -63,45 +62,35 @@ def sample_bytes(key: str, image: bytes, extension: str, class_index: int, metad
     return b"".join(tar_member(f"{key}.{ext}", members[ext]) for ext in sorted(members))
 
 
-class ShardSink:
-    """Appends samples (from :func:`sample_bytes`) to ``<folder>/<prefix>-NNNNNN.tar`` shards of at most
-    ``shard_size`` samples, hashing as it writes; each shard is renamed into place when complete."""
+class TarShardWriter:
+    """Appends samples (from :func:`sample_bytes`) to one tar shard, hashing as it writes.
 
-    def __init__(self, folder: Path, prefix: str, shard_size: int):
-        self.folder, self.prefix, self.shard_size = folder, prefix, shard_size
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.shards: list[tuple[Path, int, str]] = []
-        self._handle = None
-        self._count = 0
+    The shard is written to ``<path>.tmp`` and renamed to ``path`` by :meth:`close`, so a shard that
+    exists is complete.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path.with_suffix(".tar.tmp"), "wb")
+        self._digest = hashlib.sha256()
+        self.size = self.count = 0
 
     def write(self, chunk: bytes) -> None:
-        if self._handle is None or self._count == self.shard_size:
-            self._close_shard()
-            self._path = self.folder / f"{self.prefix}-{len(self.shards):06d}.tar"
-            self._handle = open(self._path.with_suffix(".tar.tmp"), "wb")
-            self._digest = hashlib.sha256()
-            self._size = self._count = 0
         self._handle.write(chunk)
         self._digest.update(chunk)
-        self._size += len(chunk)
-        self._count += 1
+        self.size += len(chunk)
+        self.count += 1
 
-    def _close_shard(self) -> None:
-        if self._handle is None:
-            return
+    def close(self) -> str:
+        """Write the end-of-archive blocks, rename into place; return the shard's sha256."""
         end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
-        end += tarfile.NUL * (-(self._size + len(end)) % tarfile.RECORDSIZE)
+        end += tarfile.NUL * (-(self.size + len(end)) % tarfile.RECORDSIZE)
         self._handle.write(end)
         self._digest.update(end)
         self._handle.close()
-        os.replace(self._path.with_suffix(".tar.tmp"), self._path)
-        self.shards.append((self._path, self._count, self._digest.hexdigest()))
-        self._handle = None
-
-    def close(self) -> list[tuple[Path, int, str]]:
-        """Finish the last shard; return (path, samples, sha256) of every shard written."""
-        self._close_shard()
-        return self.shards
+        os.replace(self.path.with_suffix(".tar.tmp"), self.path)
+        return self._digest.hexdigest()
 
 
 def read_index(folder: Path) -> dict:

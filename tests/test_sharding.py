@@ -261,7 +261,7 @@ def test_crash_leaves_previous_output_and_no_partial(tmp_path, monkeypatch):
     first = shard_dataset(get_dataset("sketchy"), root, out, _split_file(tmp_path, "dog"), progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls = {"n": 0}
-    real = sharding.ShardSink.write
+    real = sharding.TarShardWriter.write
 
     def crash(self, *args, **kwargs):
         calls["n"] += 1
@@ -269,7 +269,7 @@ def test_crash_leaves_previous_output_and_no_partial(tmp_path, monkeypatch):
             raise RuntimeError("power cut")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(sharding.ShardSink, "write", crash)
+    monkeypatch.setattr(sharding.TarShardWriter, "write", crash)
     with pytest.raises(RuntimeError):
         shard_dataset(get_dataset("sketchy"), root, out, _split_file(tmp_path, "cat"), workers=1, progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -298,13 +298,15 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
 
     import webdataset as wds
 
-    from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, ShardSink, sample_bytes
+    from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, TarShardWriter, sample_bytes
 
     samples = [(f"photo_cat_{i}", bytes(j % 251 for j in range(i, i + 700 + 37 * i)), "jpg", i, b'{"class":"cat"}') for i in range(5)]
-    sink = ShardSink(tmp_path, "photo", shard_size=10)
+    path = tmp_path / "photo-000000.tar"
+    writer = TarShardWriter(path)
     for sample in samples:
-        sink.write(sample_bytes(*sample))
-    [(path, count, digest)] = sink.close()
+        writer.write(sample_bytes(*sample))
+    digest = writer.close()
+    count = writer.count
     reference = io.BytesIO()
     writer = wds.TarWriter(reference, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=SHARD_MTIME,
                            encoder=False)
