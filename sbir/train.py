@@ -77,11 +77,44 @@ def shard_for_rank(count: int, rank: int, world: int) -> np.ndarray:
     return np.arange(rank, count, world)
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, best: float, best_step: int) -> None:
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: the trainable parameters and every buffer outside a frozen backbone.
+
+    Frozen backbone weights are rebuilt from their own source when the model is made, so checkpoints
+    stay small (a CLIP prompt checkpoint is ~50k values, not the 150M of CLIP).
+    """
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    frozen_backbone = not any(name.startswith("backbone.") for name in trainable)
+    return {name: value for name, value in model.state_dict().items()
+            if name in trainable or (name not in dict(model.named_parameters())
+                                     and not (frozen_backbone and name.startswith("backbone.")))}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load :func:`trained_state` into a freshly made model; every saved tensor must find its place."""
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"checkpoint holds tensors the model does not have: {result.unexpected_keys[:5]}")
+    missing_trainable = [k for k in result.missing_keys if k in trained_state(model)]
+    if missing_trainable:
+        raise ValueError(f"checkpoint lacks trained tensors of the model: {missing_trainable[:5]}")
+    return model
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, best: float, best_step: int,
+                    config: TrainConfig) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "best": best, "best_step": best_step}, tmp)
+    torch.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "step": step,
+                "best": best, "best_step": best_step, "run": _run_signature(model, config)}, tmp)
     os.replace(tmp, path)
+
+
+def _run_signature(model: nn.Module, config: TrainConfig) -> str:
+    """What a checkpoint must match to be resumed: the model's structure and the training settings
+    other than the number of steps (so a finished run can also be extended)."""
+    settings = {k: v for k, v in asdict(config).items() if k != "steps"}
+    shapes = [(name, list(t.shape)) for name, t in trained_state(model).items()]
+    return repr((type(model).__name__, sorted(settings.items()), shapes))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -93,7 +126,7 @@ def save_weights(path: Path, model: nn.Module) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in trained_state(model).items()}
     save_file(state, str(tmp))
     os.replace(tmp, path)
 
@@ -101,8 +134,7 @@ def save_weights(path: Path, model: nn.Module) -> None:
 def load_weights(path: Path, model: nn.Module) -> nn.Module:
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path)))
-    return model
+    return load_trained_state(model, load_file(str(path)))
 
 
 @torch.no_grad()
@@ -157,9 +189,12 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     step, best, best_step = 0, -math.inf, -1
     checkpoint = out / "last.pt"
-    if checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
+    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    if state is not None and state.get("run") != _run_signature(model, config):
+        print(f"{checkpoint}: from a different model or settings, not resumed; starting afresh", file=sys.stderr)
+        state = None
+    if state is not None:
+        load_trained_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best, best_step = state["step"], state["best"], state["best_step"]
     wrapped = model
@@ -205,7 +240,7 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
         if live is not None and rank == 0:
             live.next_step()
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
-            save_checkpoint(checkpoint, model, optimizer, step, best, best_step)
+            save_checkpoint(checkpoint, model, optimizer, step, best, best_step, config)
     bar.close()
     if val is None and rank == 0:
         save_weights(out / "model.safetensors", model)

@@ -155,3 +155,15 @@ def test_two_process_gloo_training(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0 of 2 steps 6" in result.stdout and "rank 1 of 2 steps 6" in result.stdout
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path, capsys):
+    config = TrainConfig(steps=10, batch_size=8, lr=1e-2, eval_every=5, checkpoint_every=5)
+    train(ToyModel(), toy_data(0), None, config, tmp_path, progress=False)
+    other = TrainConfig(steps=10, batch_size=8, lr=5e-3, eval_every=5, checkpoint_every=5)
+    fresh = ToyModel()
+    train(fresh, toy_data(0), None, other, tmp_path, progress=False)
+    assert "not resumed" in capsys.readouterr().err
+    reference = ToyModel()
+    train(reference, toy_data(0), None, other, tmp_path / "ref", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), reference.state_dict().values()))
