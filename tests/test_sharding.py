@@ -300,7 +300,8 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
 
     from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, TarShardWriter, sample_bytes
 
-    samples = [(f"photo_cat_{i}", bytes(j % 251 for j in range(i, i + 700 + 37 * i)), "jpg", i, b'{"class":"cat"}') for i in range(5)]
+    samples = [(f"photo_cat_{i}", bytes(j % 251 for j in range(i, i + 700 + 37 * i)), "jpg", i, b'{"class":"cat"}')
+               for i in range(5)]
     path = tmp_path / "photo-000000.tar"
     writer = TarShardWriter(path)
     for sample in samples:
@@ -318,3 +319,18 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
     assert digest == sha256_file(path)
     with tarfile.open(path) as tar:
         assert tar.getnames()[:3] == ["photo_cat_0.cls", "photo_cat_0.jpg", "photo_cat_0.json"]
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "x" * 96 + ".png", "y" * 120 + ".json", "café_ü.cls"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 70_000])
+def test_fast_tar_header_equals_tarfile(name, size):
+    import tarfile
+
+    from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, tar_member
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, SHARD_MTIME, TAR_MODE
+    info.uname = info.gname = TAR_OWNER
+    expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    data = bytes(size)
+    assert tar_member(name, data) == expected + data + b"\0" * (-size % 512)
