@@ -13,3 +13,27 @@ SHARDS = Path("data/shards")
 def load(path: str = "params.yaml") -> dict:
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
+
+FEATURES = Path("data/features")
+MODEL = Path("data/model")
+EMBEDDINGS = Path("data/embeddings")
+#: methods that train heads on the feature cache when ``model.head_only`` is set, and the input they take
+CACHED_INPUT = {"linear": "pooled", "zse": "tokens"}
+
+
+def uses_feature_cache(model_params: dict) -> bool:
+    return bool(model_params.get("head_only")) and model_params["method"] in CACHED_INPUT
+
+
+def build_model(params: dict, index: dict):
+    """The model ``params['model']`` describes, for the dataset of the shard ``index``."""
+    from sbir.models import create_model
+
+    model_params = params["model"]
+    method = model_params["method"]
+    options = dict((model_params.get("options") or {}).get(method) or {})
+    if method == "zse" and model_params.get("head_only"):
+        options["head_only"] = True
+    if method == "clip_prompt":
+        options.update(class_names=index["classes"], seen_classes=index["seen_classes"])
+    return create_model(method, model_params["backbone"], weights=model_params["weights"] or None, **options)

@@ -1,0 +1,66 @@
+"""Stage ``embed``: ``data/embeddings/{sketch,photo}.{npy,json}`` + ``info.json`` of the test part.
+
+Methods trained on the feature cache (``model.head_only``) embed the cached test features; the others
+run the model over the test shards. Trained weights come from ``data/model/model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from pipeline.params import CACHED_INPUT, EMBEDDINGS, FEATURES, MODEL, SHARDS, build_model, load, uses_feature_cache
+from sbir.cli import user_errors
+from sbir.embed import embed_split
+from sbir.embeddings import Embeddings, write_embeddings
+from sbir.features import load_features
+from sbir.shards import read_index
+from sbir.train import load_weights
+
+
+def trained_model(params: dict, index: dict):
+    """The model of ``params`` with its trained weights (when the method trains)."""
+    model = build_model(params, index)
+    weights = MODEL / "model.safetensors"
+    if params["model"]["method"] != "frozen" and weights.is_file():
+        load_weights(weights, model)
+    return model.eval()
+
+
+@torch.inference_mode()
+def embed_cached(model, kind: str, part: str, batch_size: int = 256) -> dict[str, Embeddings]:
+    result = {}
+    for modality in ("sketch", "photo"):
+        features = load_features(FEATURES, part, modality)
+        inputs = features.pooled if kind == "pooled" else features.tokens
+        vectors = [model.embed(inputs[i:i + batch_size].float(), modality).float().numpy()
+                   for i in range(0, len(inputs), batch_size)]
+        result[modality] = Embeddings(np.concatenate(vectors), features.keys, features.classes, features.instances)
+    return result
+
+
+@user_errors
+def main() -> None:
+    params = load()
+    model_params, embed = params["model"], params["embed"]
+    index = read_index(SHARDS)
+    model = trained_model(params, index)
+    info = {"weights": model_params["weights"], "dataset": index["dataset"], "split": index["split"],
+            "part": embed["part"], "method": model_params["method"], "backbone": model_params["backbone"]}
+    if uses_feature_cache(model_params):
+        embeddings = embed_cached(model, CACHED_INPUT[model_params["method"]], embed["part"])
+        info.update(embed_dim=int(embeddings["sketch"].vectors.shape[1]), source="feature cache",
+                    counts={m: len(e) for m, e in embeddings.items()})
+        write_embeddings(EMBEDDINGS, embeddings, info)
+    else:
+        info = embed_split(model, SHARDS, EMBEDDINGS, part=embed["part"], batch_size=embed["batch_size"],
+                           workers=embed["workers"], device=None if embed["device"] == "auto" else embed["device"],
+                           threads=embed["threads"] or None, progress=sys.stderr.isatty(), info=info)
+    print(f"{info['counts']['sketch']} sketches, {info['counts']['photo']} photos x {info['embed_dim']} "
+          f"({info['method']}, {info['backbone']}) -> {EMBEDDINGS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Stage ``evaluate``: ``metrics/eval.json``, ``metrics/retrieval.json``, ``plots/{pr_curve,per_class_ap}.json``,
+``plots/retrieval_grid.png``.
+
+``retrieval.mode``: ``token`` (cosine of the embeddings, every method), or for ``zse`` ``relation`` (the
+relation network on every sketch x photo pair) and ``rerank`` (relation on the token top-``top_k``
+shortlist only). ``metrics/retrieval.json`` records the mode, the pairs scored and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.embed import trained_model
+from pipeline.params import EMBEDDINGS, FEATURES, SHARDS, load, uses_feature_cache
+from sbir.cli import user_errors
+from sbir.errors import SbirError
+from sbir.evaluate import metrics_table, run_evaluation
+from sbir.features import load_features
+from sbir.shards import read_index
+
+METRICS = Path("metrics/eval.json")
+RETRIEVAL = Path("metrics/retrieval.json")
+PLOTS = Path("plots")
+
+
+def relation_scores(params: dict, mode: str, top_k: int):
+    model_params = params["model"]
+    if model_params["method"] != "zse":
+        raise SbirError(f"retrieval.mode={mode} needs the zse method (got {model_params['method']})")
+    if not uses_feature_cache(model_params):
+        raise SbirError(f"retrieval.mode={mode} is wired for the cached-token (model.head_only) path")
+    model = trained_model(params, read_index(SHARDS))
+    part = params["embed"]["part"]
+    sketches, photos = load_features(FEATURES, part, "sketch").tokens, load_features(FEATURES, part, "photo").tokens
+    return model.retrieval_scores(sketches.float(), photos.float(), mode=mode, top_k=top_k)
+
+
+@user_errors
+def main() -> None:
+    params = load()
+    evaluate, retrieval = params["evaluate"], params["retrieval"]
+    mode = retrieval["mode"]
+    scores_fn = None if mode == "token" else relation_scores(params, mode, retrieval["top_k"])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        evaluation = run_evaluation(EMBEDDINGS, SHARDS, METRICS, PLOTS, block_size=evaluate["block_size"],
+                                    pr_levels=evaluate["pr_levels"], grid_queries=evaluate["grid_queries"],
+                                    grid_top=evaluate["grid_top"], seed=evaluate["seed"], scores_fn=scores_fn)
+    seconds = time.perf_counter() - start
+    pairs = getattr(scores_fn, "pairs_scored", 0) if scores_fn is not None else 0
+    RETRIEVAL.write_text(json.dumps({"mode": mode, "top_k": retrieval["top_k"] if mode == "rerank" else None,
+                                     "relation_pairs_scored": int(pairs), "seconds": round(seconds, 2)},
+                                    indent=1) + "\n")
+    print(metrics_table(evaluation))
+    print(f"mode {mode}: {pairs} relation pairs scored, {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Stage ``features``: ``data/features/``, the frozen backbone's pooled features and tokens of every part
+(the CPU path: heads train on this cache instead of running the backbone at every step)."""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.params import FEATURES, SHARDS, load
+from sbir.cli import user_errors
+from sbir.features import cache_features
+from sbir.models import create_backbone
+
+
+@user_errors
+def main() -> None:
+    params = load()
+    model, features = params["model"], params["features"]
+    backbone = create_backbone(model["backbone"], weights=model["weights"] or None)
+    info = cache_features(backbone, SHARDS, FEATURES, batch_size=features["batch_size"],
+                          workers=features["workers"], threads=features["threads"] or None,
+                          info={"weights": model["weights"]}, progress=sys.stderr.isatty())
+    print(f"cached {info['counts']} ({info['backbone']}, grid {info['grid']}) -> {FEATURES}")
+
+
+if __name__ == "__main__":
+    main()
