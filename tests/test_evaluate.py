@@ -166,7 +166,7 @@ def test_frozen_effnet_baseline_on_sketchy_mini(sketchy_mini, tmp_path):
     model = create_model("frozen", "tf_efficientnet_lite0")
     runs = []
     for run in range(2):
-        embed_split(model, shards, tmp_path / f"emb{run}", batch_size=64, workers=1, progress=False)
+        embed_split(model, shards, tmp_path / f"emb{run}", batch_size=64, workers=2, progress=False)
         runs.append(run_evaluation(tmp_path / f"emb{run}", shards, tmp_path / f"eval{run}.json",
                                    tmp_path / f"plots{run}", grid_queries=0))
     first, second = (read_embeddings(tmp_path / f"emb{run}", "sketch") for run in range(2))
