@@ -14,13 +14,12 @@ set that looks finished.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sbir.atomic import atomic_dir
 from sbir.errors import SbirError
 
 MODALITIES = ("sketch", "photo")
@@ -47,22 +46,11 @@ def write_embeddings(out: Path, embeddings: dict[str, Embeddings], info: dict) -
     """Write ``{modality: Embeddings}`` and ``info`` to ``out`` (replacing it whole, atomically)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         for modality, emb in embeddings.items():
             np.save(tmp / f"{modality}.npy", np.ascontiguousarray(emb.vectors, dtype=np.float32))
             (tmp / f"{modality}.json").write_text(json.dumps(emb.metadata(), indent=0) + "\n")
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_embeddings(folder: Path, modality: str) -> Embeddings:

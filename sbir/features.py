@@ -15,8 +15,6 @@ about 125 KB, so this path is meant for small configurations (Sketchy-mini: 3,01
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sbir.atomic import atomic_dir
 from sbir.embed import Normalise, ShardBatches, default_device, torch_threads
 from sbir.errors import SbirError
 from sbir.models.backbones import Backbone
@@ -80,11 +79,8 @@ def cache_features(backbone: Backbone, shard_folder: Path, out: Path, parts: tup
     """Write the cache (module docstring) of every part and modality with samples; return ``info.json``."""
     out = Path(out)
     read_index(shard_folder)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     counts, grid = {}, None
-    try:
+    with atomic_dir(out) as tmp:
         with torch_threads(threads):
             for part in parts:
                 for modality in MODALITIES:
@@ -103,14 +99,6 @@ def cache_features(backbone: Backbone, shard_folder: Path, out: Path, parts: tup
                                     device=next(backbone.parameters()).device)).grid)
         info = {**(info or {}), "backbone": backbone.name, "grid": grid, "counts": counts}
         (tmp / "info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sbir.atomic import replace_dir
 from sbir.datasets import MODALITIES, Dataset, RawItem
 from sbir.datasets.quickdraw import rasterise, read_drawing
 from sbir.errors import BadImage, SbirError
@@ -192,14 +193,6 @@ def write_shard(job: ShardJob) -> dict:
             "skipped": skipped, "inputs": len(job.items)}
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size: int | None = 256,
                   shard_size: int = 1000, seed: int = 0, val_fraction: float = 0.1,
                   max_per_class: int | None = None, workers: int | None = None, max_bad: float = 0.01,
@@ -285,7 +278,7 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
             "notes": scan.notes,
         }
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
