@@ -27,16 +27,19 @@ def read_class_list(path: Path) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SbirError(f"{path}: split file is not UTF-8 text") from None
-    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    names = [n for n in names if n]
+    names = _class_names(text)
     if not names:
         raise SbirError(f"{path}: split file lists no class names")
     return names
 
 
+def _class_names(text: str) -> list[str]:
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [n for n in names if n]
+
+
 def standard_split(name: str) -> list[str]:
-    text = resources.files("sbir.splits").joinpath(f"{name}.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return _class_names(resources.files("sbir.splits").joinpath(f"{name}.txt").read_text(encoding="utf-8"))
 
 
 def resolve_unseen_classes(split: str, class_names: list[str],
