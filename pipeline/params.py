@@ -27,13 +27,9 @@ def uses_feature_cache(model_params: dict) -> bool:
 
 def build_model(params: dict, index: dict):
     """The model ``params['model']`` describes, for the dataset of the shard ``index``."""
+    from sbir.checkpoint import model_options
     from sbir.models import create_model
 
     model_params = params["model"]
-    method = model_params["method"]
-    options = dict((model_params.get("options") or {}).get(method) or {})
-    if method == "zse" and model_params.get("head_only"):
-        options["head_only"] = True
-    if method == "clip_prompt":
-        options.update(class_names=index["classes"], seen_classes=index["seen_classes"])
-    return create_model(method, model_params["backbone"], weights=model_params["weights"] or None, **options)
+    return create_model(model_params["method"], model_params["backbone"], weights=model_params["weights"] or None,
+                        **model_options(model_params, index))

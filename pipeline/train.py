@@ -8,11 +8,11 @@ Several processes: ``torchrun --nproc_per_node=N -m pipeline.train``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from pipeline.params import CACHED_INPUT, FEATURES, MODEL, SHARDS, build_model, load, uses_feature_cache
+from sbir.checkpoint import description, write_description
 from sbir.cli import user_errors
 from sbir.shards import read_index
 from sbir.train import TrainConfig, train
@@ -25,12 +25,11 @@ def main() -> None:
     model_params, train_params = params["model"], params["train"]
     index = read_index(SHARDS)
     MODEL.mkdir(parents=True, exist_ok=True)
-    description = {"method": model_params["method"], "backbone": model_params["backbone"],
-                   "head_only": uses_feature_cache(model_params), "trained": False}
+    info = description(model_params, index, head_only=uses_feature_cache(model_params), trained=False)
     if model_params["method"] == "frozen":
         for stale in ("model.safetensors", "last.pt"):
             (MODEL / stale).unlink(missing_ok=True)
-        (MODEL / "model.json").write_text(json.dumps(description, indent=1) + "\n")
+        write_description(MODEL, info)
         print("frozen: nothing to train")
         return
     model = build_model(params, index)
@@ -54,8 +53,7 @@ def main() -> None:
                     progress=sys.stderr.isatty())
     if live is not None:
         live.end()
-    (MODEL / "model.json").write_text(json.dumps({**description, "trained": True, "summary": summary},
-                                                 indent=1) + "\n")
+    write_description(MODEL, {**info, "trained": True, "summary": summary})
     print(f"trained {config.steps} steps; best val mAP@all {summary['best_val_map_all']} at step "
           f"{summary['best_step']}")
 

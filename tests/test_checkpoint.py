@@ -1,0 +1,62 @@
+"""A trained model folder rebuilds the model it was trained as (sbir.checkpoint)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sbir.checkpoint import description, load_model, read_description, write_description
+from sbir.errors import SbirError
+from sbir.models import create_model
+from sbir.train import save_weights, trained_state
+
+ZSE = {"method": "zse", "backbone": "tf_efficientnet_lite0", "weights": None, "head_only": True,
+       "options": {"zse": {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4}}}
+
+
+def trained_folder(tmp_path, model_params=ZSE):
+    info = description(model_params, None, random_init=True, trained=True)
+    model = create_model(info["method"], info["backbone"], random_init=True, **info["options"])
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    save_weights(tmp_path / "model.safetensors", model)
+    write_description(tmp_path, info)
+    return model
+
+
+def test_load_model_gives_back_the_trained_tensors(tmp_path):
+    model = trained_folder(tmp_path)
+    assert read_description(tmp_path)["options"] == {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4,
+                                                       "head_only": True}
+    for path in (tmp_path, tmp_path / "model.safetensors"):
+        loaded = load_model(path)
+        assert not loaded.training and loaded.dim == 16
+        expected, got = trained_state(model), trained_state(loaded)
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_bad_model_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(SbirError, match="no such model folder"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(SbirError, match="no model.json"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(SbirError, match="not valid JSON"):
+        load_model(tmp_path)
+    write_description(tmp_path, description(ZSE, None, random_init=True))
+    with pytest.raises(SbirError, match="no model.safetensors"):
+        load_model(tmp_path)
+    linear = create_model("linear", "tf_efficientnet_lite0", random_init=True, head="mlp", out_dim=4)
+    save_weights(tmp_path / "model.safetensors", linear)
+    with pytest.raises(SbirError, match="does not fit the 'zse' model"):
+        load_model(tmp_path)
+
+
+def test_frozen_needs_no_weights(tmp_path):
+    write_description(tmp_path, description({"method": "frozen", "backbone": "tf_efficientnet_lite0"}, None,
+                                             random_init=True))
+    assert load_model(tmp_path).method == "frozen"
