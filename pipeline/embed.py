@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.params import CACHED_INPUT, EMBEDDINGS, FEATURES, MODEL, SHARDS, build_model, load, uses_feature_cache
+from sbir.checkpoint import model_identity
 from sbir.cli import user_errors
 from sbir.embed import embed_split
 from sbir.embeddings import Embeddings, write_embeddings
@@ -48,7 +49,8 @@ def main() -> None:
     index = read_index(SHARDS)
     model = trained_model(params, index)
     info = {"weights": model_params["weights"], "dataset": index["dataset"], "split": index["split"],
-            "part": embed["part"], "method": model_params["method"], "backbone": model_params["backbone"]}
+            "part": embed["part"], "method": model_params["method"], "backbone": model_params["backbone"],
+            "model_sha256": model_identity(MODEL)["model_sha256"] if (MODEL / "model.json").is_file() else None}
     if uses_feature_cache(model_params):
         embeddings = embed_cached(model, CACHED_INPUT[model_params["method"]], embed["part"])
         info.update(embed_dim=int(embeddings["sketch"].vectors.shape[1]), source="feature cache",

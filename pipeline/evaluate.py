@@ -35,8 +35,13 @@ def relation_scores(params: dict, mode: str, top_k: int):
         raise SbirError(f"retrieval.mode={mode} is wired for the cached-token (model.head_only) path")
     model = trained_model(params, read_index(SHARDS))
     part = params["embed"]["part"]
-    sketches, photos = load_features(FEATURES, part, "sketch").tokens, load_features(FEATURES, part, "photo").tokens
-    return model.retrieval_scores(sketches.float(), photos.float(), mode=mode, top_k=top_k)
+    features = {}
+    with torch.inference_mode():
+        for modality in ("sketch", "photo"):
+            tokens = load_features(FEATURES, part, modality).tokens
+            features[modality] = torch.cat([model.pair_features(tokens[i:i + 256].float(), modality)
+                                            for i in range(0, len(tokens), 256)])
+    return model.retrieval_scores(features["sketch"], features["photo"], mode=mode, top_k=top_k)
 
 
 @user_errors

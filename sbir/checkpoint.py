@@ -64,6 +64,19 @@ def read_description(folder: Path) -> dict:
     return info
 
 
+def model_identity(path: Path) -> dict:
+    """What identifies a trained model in the outputs made with it: method, backbone, backbone weights and
+    the sha256 of its trained weights (None for ``frozen``)."""
+    import hashlib
+
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    info = read_description(folder)
+    weights = folder / WEIGHTS
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    return {"method": info["method"], "backbone": info["backbone"], "weights": info.get("weights"),
+            "model_sha256": digest}
+
+
 def load_model(path: Path, device: str | None = None):
     """The trained model of ``path`` (a model folder, or its ``model.safetensors``) in eval mode.
 

@@ -183,20 +183,36 @@ def write_evaluation(evaluation: Evaluation, metrics_path: Path, plots_dir: Path
 
 def run_evaluation(embeddings_dir: Path, shard_folder: Path, metrics_path: Path, plots_dir: Path,
                    block_size: int = 1024, pr_levels: int = 101, grid_queries: int = 8, grid_top: int = 10,
-                   seed: int = 0, scores_fn: ScoresFn | None = None) -> Evaluation:
+                   seed: int = 0, scores_fn: ScoresFn | None = None, photo_embeddings_dir: Path | None = None,
+                   photo_shard_folder: Path | None = None) -> Evaluation:
     """Evaluate the embeddings of ``embeddings_dir``: ``metrics_path``, the two plot files of
     :func:`write_evaluation` and ``plots_dir/retrieval_grid.png`` (images read from ``shard_folder``).
     Scores are the cosine of the embeddings unless ``scores_fn`` (rows and columns in the embeddings'
-    order, e.g. a pairwise relation mode) is given."""
-    sketches, photos = read_embeddings(embeddings_dir, "sketch"), read_embeddings(embeddings_dir, "photo")
+    order, e.g. a pairwise relation mode) is given.
+
+    Cross-dataset: ``photo_embeddings_dir`` (and ``photo_shard_folder`` for the grid's photos) take the
+    gallery from another embedded dataset, e.g. TU-Berlin sketches against Sketchy photos; both must come
+    from the same model."""
+    sketches = read_embeddings(embeddings_dir, "sketch")
+    photos = read_embeddings(photo_embeddings_dir or embeddings_dir, "photo")
     info = read_info(embeddings_dir)
+    if photo_embeddings_dir is not None:
+        photo_info = read_info(photo_embeddings_dir)
+        for key in ("method", "backbone", "weights", "model_sha256"):
+            if info.get(key) != photo_info.get(key):
+                raise SbirError(f"{photo_embeddings_dir}: photos embedded with {key} {photo_info.get(key)!r}, "
+                                f"sketches ({embeddings_dir}) with {info.get(key)!r}")
+        if sketches.vectors.shape[1] != photos.vectors.shape[1]:
+            raise SbirError(f"{photo_embeddings_dir}: {photos.vectors.shape[1]}-d photo embeddings for "
+                            f"{sketches.vectors.shape[1]}-d sketch embeddings")
     scores_fn = scores_fn or cosine_scores(sketches.vectors, photos.vectors)
     evaluation = evaluate(sketches, photos, scores_fn, block_size=block_size, pr_levels=pr_levels)
     write_evaluation(evaluation, metrics_path, plots_dir)
     if grid_queries > 0:
         part = info.get("part", "test")
         rows = retrieval_examples(sketches, photos, scores_fn, shard_paths(shard_folder, part, "sketch"),
-                                  shard_paths(shard_folder, part, "photo"), grid_queries, grid_top, seed)
+                                  shard_paths(photo_shard_folder or shard_folder, part, "photo"), grid_queries,
+                                  grid_top, seed)
         title = " · ".join(str(info[key]) for key in ("method", "backbone", "dataset", "split") if info.get(key))
         retrieval_grid(rows, Path(plots_dir) / "retrieval_grid.png",
                        f"{title} · {part} · mAP@all {evaluation.metrics['map_all']:.3f}")
