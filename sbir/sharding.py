@@ -68,6 +68,11 @@ def _held_out(instances: list[str], fraction: float, rng: random.Random) -> set[
     return set(rng.sample(sorted(instances), count))
 
 
+def _stem(source: str) -> str:
+    """``Path(source).stem`` without building a Path (this runs once per input, before any worker starts)."""
+    return os.path.splitext(source.rsplit("/", 1)[-1])[0]
+
+
 def plan_split(items: list[RawItem], unseen: list[str], seed: int = 0, val_fraction: float = 0.1,
                max_per_class: int | None = None) -> Plan:
     """Assign items to train/val/test (see the module docstring) and give each a unique sample key."""
@@ -99,7 +104,7 @@ def plan_split(items: list[RawItem], unseen: list[str], seed: int = 0, val_fract
         else:
             part = "val" if item.instance_id in held_out else "train"
         buckets[part, item.modality].append(item)
-        key = base = sample_key(item.modality, item.class_name, Path(item.source).stem)
+        key = base = sample_key(item.modality, item.class_name, _stem(item.source))
         suffix = 1
         while key in used_keys:
             suffix += 1

@@ -7,6 +7,7 @@ verification are generic and live elsewhere (``sbir.sharding``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,24 +96,31 @@ def scan_class_folders(scan: Scan, root: Path, folder: Path, modality: str, inst
     folder with a reason. Files whose suffix is not an image suffix are skipped and reported, as are
     hidden files; decoding is checked later, while sharding.
     """
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        class_name = class_of(class_dir.name) if class_of else class_dir.name
-        rel_dir = class_dir.relative_to(root).as_posix()
+    # os.scandir: the file type comes with the directory entry (no stat per file); plain strings, no Path
+    # objects per file — the scan runs before any worker starts, so its cost is paid in full.
+    prefix = folder.relative_to(root).as_posix()
+    with os.scandir(folder) as entries:
+        class_dirs = sorted((e.name, e.path) for e in entries if e.is_dir())
+    for folder_name, class_path in class_dirs:
+        class_name = class_of(folder_name) if class_of else folder_name
+        rel_dir = f"{prefix}/{folder_name}" if prefix != "." else folder_name
         if class_name is None:
             scan.skip(rel_dir + "/", "folder matches no class of the dataset")
             continue
-        for path in sorted(class_dir.iterdir()):
-            rel = path.relative_to(root).as_posix()
-            if path.is_dir():
+        with os.scandir(class_path) as entries:
+            files = sorted((e.name, e.path, e.is_dir()) for e in entries)
+        for name, path, is_dir in files:
+            rel = f"{rel_dir}/{name}"
+            if is_dir:
                 scan.skip(rel + "/", "unexpected sub-folder inside a class folder")
                 continue
-            if path.name.startswith("."):
+            if name.startswith("."):
                 scan.skip(rel, "hidden file")
                 continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                scan.skip(rel, f"not an image file (suffix '{path.suffix}')")
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() not in IMAGE_SUFFIXES:
+                scan.skip(rel, f"not an image file (suffix '{suffix}')")
                 continue
-            stem = path.stem
             instance = instance_of(stem) if instance_of else f"{modality}:{stem}"
             scan.items.append(RawItem(modality=modality, class_name=class_name, source=rel,
-                                      instance_id=f"{class_name}/{instance}", path=str(path)))
+                                      instance_id=f"{class_name}/{instance}", path=path))

@@ -15,6 +15,7 @@ name as the reason when the lists are present (the ``tx_000000000000`` sketches 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sbir.datasets import register
@@ -26,12 +27,21 @@ INVALID_LISTS = ("error", "context", "ambiguous", "pose")
 
 
 def _read_invalid(root: Path) -> dict[str, str]:
-    """Sketch stem -> reason, from ``info/invalid-*.txt`` wherever they lie below ``root``."""
+    """Sketch stem -> reason, from ``info/invalid-*.txt`` wherever they lie below ``root`` (one walk of the
+    tree, in sorted order; the first list naming a sketch gives its reason, lists in INVALID_LISTS order)."""
+    wanted = {f"invalid-{kind}.txt": kind for kind in INVALID_LISTS}
+    found: dict[str, list[str]] = {kind: [] for kind in INVALID_LISTS}
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in files:
+            if name in wanted:
+                found[wanted[name]].append(os.path.join(folder, name))
     invalid: dict[str, str] = {}
     for kind in INVALID_LISTS:
-        for path in sorted(root.glob(f"**/invalid-{kind}.txt")):
-            for line in path.read_text(encoding="utf-8", errors="replace").split():
-                invalid.setdefault(Path(line.strip()).stem, f"invalid sketch (info/invalid-{kind}.txt)")
+        for path in sorted(found[kind], key=lambda p: Path(p).relative_to(root).parts):
+            for line in Path(path).read_text(encoding="utf-8", errors="replace").split():
+                invalid.setdefault(os.path.splitext(os.path.basename(line.strip()))[0],
+                                   f"invalid sketch (info/invalid-{kind}.txt)")
     return invalid
 
 
