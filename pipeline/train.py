@@ -19,6 +19,15 @@ from sbir.train import TrainConfig, train
 from sbir.train_data import cached_train_data, image_train_data
 
 
+def _frozen_log() -> None:
+    """The stage's DVCLive outputs for a method that trains nothing (one point: 0 steps trained), so that
+    ``dvc repro`` finds the metrics and plots it declares."""
+    from dvclive import Live
+
+    with Live("dvclive", save_dvc_exp=False, dvcyaml=None) as live:
+        live.log_metric("steps_trained", 0)
+
+
 @user_errors
 def main() -> None:
     params = load()
@@ -30,6 +39,7 @@ def main() -> None:
         for stale in ("model.safetensors", "last.pt"):
             (MODEL / stale).unlink(missing_ok=True)
         write_description(MODEL, info)
+        _frozen_log()
         print("frozen: nothing to train")
         return
     model = build_model(params, index)

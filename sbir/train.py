@@ -83,19 +83,21 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     Frozen backbone weights are rebuilt from their own source when the model is made, so checkpoints
     stay small (a CLIP prompt checkpoint is ~50k values, not the 150M of CLIP).
     """
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    parameters = dict(model.named_parameters())
+    trainable = {name for name, p in parameters.items() if p.requires_grad}
     frozen_backbone = not any(name.startswith("backbone.") for name in trainable)
     return {name: value for name, value in model.state_dict().items()
-            if name in trainable or (name not in dict(model.named_parameters())
+            if name in trainable or (name not in parameters
                                      and not (frozen_backbone and name.startswith("backbone.")))}
 
 
 def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load :func:`trained_state` into a freshly made model; every saved tensor must find its place."""
+    expected = trained_state(model).keys()
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"checkpoint holds tensors the model does not have: {result.unexpected_keys[:5]}")
-    missing_trainable = [k for k in result.missing_keys if k in trained_state(model)]
+    missing_trainable = [k for k in result.missing_keys if k in expected]
     if missing_trainable:
         raise ValueError(f"checkpoint lacks trained tensors of the model: {missing_trainable[:5]}")
     return model
