@@ -1,0 +1,39 @@
+"""The train stage (``python -m pipeline.train``) for a method that trains nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from sbir.checkpoint import read_description
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_frozen_train_stage_writes_what_dvc_yaml_declares(tmp_path, monkeypatch):
+    """dvc.yaml declares dvclive/metrics.json and dvclive/plots/metrics for the train stage: a frozen run must
+    write them too (dvc repro failed with 'output does not exist'), plus a model.json that rebuilds it."""
+    if str(ROOT) not in sys.path:
+        monkeypatch.syspath_prepend(str(ROOT))
+    from pipeline import train as stage
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"]["method"] = "frozen"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shards = tmp_path / "data" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "index.json").write_text(json.dumps({"classes": ["a"], "seen_classes": ["a"], "unseen_classes": []}))
+    (tmp_path / "data" / "model").mkdir()
+    (tmp_path / "data" / "model" / "last.pt").write_bytes(b"stale")
+    monkeypatch.chdir(tmp_path)
+    stage.main()
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    for entry in declared["metrics"] + declared["plots"] + declared["outs"]:
+        assert (tmp_path / next(iter(entry))).exists(), entry
+    assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text()) == {"steps_trained": 0}
+    info = read_description(tmp_path / "data" / "model")
+    assert info["method"] == "frozen" and info["trained"] is False
+    assert not (tmp_path / "data" / "model" / "last.pt").exists()
