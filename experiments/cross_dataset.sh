@@ -31,8 +31,7 @@ split=$WORK/results/shared-classes.txt
 sbir-prep shard --dataset tuberlin --raw "$TUBERLIN" --split "$split" --out data/tuberlin-shards --image-size 224
 for method in frozen linear zse; do
   case $method in linear) extra=("${LINEAR[@]}") ;; zse) extra=("${ZSE[@]}") ;; *) extra=() ;; esac
-  args=(-S data.dataset=sketchy -S "data.source=$SKETCHY" -S "data.split=$split" -S shard.image_size=224
-        -S evaluate.grid_queries=0 -S retrieval.mode=token -S model.method=$method)
+  args=(-S data.dataset=sketchy -S "data.source=$SKETCHY" -S "data.split=$split" -S shard.image_size=224 -S retrieval.mode=token -S model.method=$method)
   for kv in "${extra[@]}"; do args+=(-S "$kv"); done
   dvc exp run -q "${args[@]}"
   cp metrics/eval.json "results/sketchy-$method.json"  # Sketchy sketches -> Sketchy photos (same dataset)

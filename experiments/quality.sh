@@ -11,8 +11,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$(cd "${1:-$REPO/../shared/data/sketchy-mini}" && pwd)
 WORK=${2:-/tmp/sbir-quality}
 rm -rf "$WORK" && git clone -q "$REPO" "$WORK" && cd "$WORK" && mkdir -p results
-common=(-S data.dataset=sketchy -S "data.source=$SRC" -S data.split=sketchy21 -S shard.image_size=224
-        -S evaluate.grid_queries=0 -S retrieval.top_k=10)
+common=(-S data.dataset=sketchy -S "data.source=$SRC" -S data.split=sketchy21 -S shard.image_size=224 -S retrieval.top_k=10)
 run() {  # run NAME PARAM=VALUE...
   local name=$1 args=() kv
   shift

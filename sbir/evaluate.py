@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ class Evaluation:
     per_class_ap: dict[str, float]  # plain AP per query class
     pr_curve: dict[str, list[float]]  # {"recall": [...], "precision": [...]}
     counts: dict[str, int]  # queries, gallery, queries without a positive, Acc queries
+    seconds: float = 0.0  # wall time of scoring and metrics (not the plots)
+    pairs_scored: int = 0  # relation pairs scored for the metrics (``scores_fn.pairs_scored``; not the grid's)
 
 
 def evaluate(sketches: Embeddings, photos: Embeddings, scores_fn: ScoresFn | None = None, block_size: int = 1024,
@@ -206,7 +209,10 @@ def run_evaluation(embeddings_dir: Path, shard_folder: Path, metrics_path: Path,
             raise SbirError(f"{photo_embeddings_dir}: {photos.vectors.shape[1]}-d photo embeddings for "
                             f"{sketches.vectors.shape[1]}-d sketch embeddings")
     scores_fn = scores_fn or cosine_scores(sketches.vectors, photos.vectors)
+    start = time.perf_counter()
     evaluation = evaluate(sketches, photos, scores_fn, block_size=block_size, pr_levels=pr_levels)
+    evaluation.seconds = time.perf_counter() - start
+    evaluation.pairs_scored = int(getattr(scores_fn, "pairs_scored", 0))
     write_evaluation(evaluation, metrics_path, plots_dir)
     if grid_queries > 0:
         part = info.get("part", "test")

@@ -212,3 +212,24 @@ def test_cli_embed_with_a_trained_model_folder(tmp_path):
     assert info["method"] == "frozen" and info["model_sha256"] is None and "2 sketches, 2 photos" in result.output
     result = CliRunner().invoke(sbir_cli, ["embed", "--shards", str(shards), "--model", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such model folder" in result.output
+
+
+def test_run_evaluation_counts_the_pairs_of_the_metrics_only(tiny_run, tmp_path):
+    """A pairwise scorer's ``pairs_scored`` after the metrics = every sketch x photo pair once; the grid's rows,
+    scored afterwards, are not counted."""
+    shards, embeddings = tiny_run
+    sketches, photos = read_embeddings(embeddings, "sketch"), read_embeddings(embeddings, "photo")
+    cosine = cosine_scores(sketches.vectors, photos.vectors)
+
+    class Counting:
+        pairs_scored = 0
+
+        def __call__(self, start, stop):
+            self.pairs_scored += (stop - start) * len(photos)
+            return cosine(start, stop)
+
+    scorer = Counting()
+    evaluation = run_evaluation(embeddings, shards, tmp_path / "m.json", tmp_path / "p", block_size=5,
+                                grid_queries=3, scores_fn=scorer)
+    assert evaluation.pairs_scored == len(sketches) * len(photos) < scorer.pairs_scored
+    assert evaluation.seconds > 0
