@@ -168,9 +168,10 @@ def embed_split(model: RetrievalModel, shard_folder: Path, out: Path, part: str 
     total = sum(index["shards"][path.relative_to(shard_folder).as_posix()]["samples"] for _, path in shards)
     embeddings = embed_shards(model, shards, batch_size=batch_size, workers=workers, device=device,
                               threads=threads, total=total, progress=progress)
-    for modality in MODALITIES:
-        if not len(embeddings[modality]):
-            raise SbirError(f"{shard_folder}: no {modality} samples in the {part} part")
+    if not any(len(embeddings[modality]) for modality in MODALITIES):
+        raise SbirError(f"{shard_folder}: no samples in the {part} part")
+    # one modality may be absent (TU-Berlin without its Extended photos: sketches only, for a cross-dataset
+    # gallery of another dataset's photos); it is written as an empty [0, D] array
     info = {**(info or {}), "method": model.method, "backbone": model.backbone.name, "embed_dim": model.embed_dim,
             "dataset": index.get("dataset"), "split": index.get("split"), "part": part,
             "counts": {m: len(e) for m, e in embeddings.items()}}

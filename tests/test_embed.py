@@ -209,3 +209,19 @@ def test_write_embeddings_roundtrip(tmp_path):
     back = read_embeddings(tmp_path / "e", "sketch")
     assert back.vectors.dtype == np.float32 and np.array_equal(back.vectors, vectors)
     assert (back.keys, back.classes, back.instances) == (emb.keys, emb.classes, emb.instances)
+
+
+def test_sketch_only_part_gives_an_empty_photo_array(tmp_path):
+    """TU-Berlin without its Extended photos has sketches only: they embed (a cross-dataset query set), the
+    photos are an empty [0, D] array, and evaluating that folder alone is refused."""
+    from sbir.embeddings import read_embeddings
+    from sbir.evaluate import evaluate
+
+    write_shards(tmp_path / "shards", {"sketch": [3]}, paired=False)
+    info = embed_split(create_model("frozen", TinyBackbone()), tmp_path / "shards", tmp_path / "emb", workers=0,
+                       device="cpu", progress=False)
+    assert info["counts"] == {"sketch": 3, "photo": 0}
+    sketches, photos = read_embeddings(tmp_path / "emb", "sketch"), read_embeddings(tmp_path / "emb", "photo")
+    assert sketches.vectors.shape[0] == 3 and photos.vectors.shape == (0, sketches.vectors.shape[1])
+    with pytest.raises(SbirError, match="nothing to evaluate: 3 sketches, 0 photos"):
+        evaluate(sketches, photos)
