@@ -38,6 +38,11 @@ from sbir.shards import image_of, iter_tar_samples, read_index, shard_paths
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's parameters."""
+    return next(model.parameters()).device
+
+
 def load_image(data: bytes, size: int, interpolation: str = "bicubic") -> np.ndarray:
     """uint8 ``[size, size, 3]`` RGB array of an encoded image (grey replicated to 3 channels)."""
     image = Image.open(io.BytesIO(data))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,13 +135,14 @@ def pick_queries(classes: Sequence[str], count: int, seed: int) -> list[int]:
     return chosen
 
 
-def load_images(shards: Sequence[Path], keys: set[str]) -> dict:
-    """Decoded images (PIL) of the samples ``keys``, read from ``shards`` (each read once)."""
+def load_images(shards: Sequence[Path], keys: set[str], decode: Callable[[bytes], Any] = decode_image) -> dict:
+    """Decoded images of the samples ``keys``, read from ``shards`` (each read once); ``decode`` turns a
+    sample's image bytes into the image (default: PIL)."""
     images = {}
     for path in shards:
         for sample in iter_tar_samples(path):
             if sample["__key__"] in keys:
-                images[sample["__key__"]] = decode_image(image_of(sample)[1])
+                images[sample["__key__"]] = decode(image_of(sample)[1])
     missing = keys - set(images)
     if missing:
         raise SbirError(f"samples not found in the shards: {', '.join(sorted(missing)[:3])} (are the "

@@ -52,13 +52,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sbir.atomic import atomic_dir
-from sbir.embed import Normalise, load_image
+from sbir.embed import Normalise, load_image, model_device
 from sbir.embeddings import read_embeddings, read_info
 from sbir.errors import SbirError
-from sbir.evaluate import cosine_scores, pick_queries, top_k
+from sbir.evaluate import cosine_scores, load_images, pick_queries, top_k
 from sbir.models.base import RetrievalModel
 from sbir.plots import CORRECT, WRONG, _short
-from sbir.shards import image_of, iter_tar_samples, shard_paths
+from sbir.shards import shard_paths
 
 ImageLike = Image.Image | np.ndarray
 """A PIL image or a uint8 ``[H, W, 3]`` (or ``[H, W]``) array."""
@@ -122,10 +122,6 @@ def as_array(image: ImageLike) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 image, got {array.dtype} {array.shape}")
     return array
-
-
-def model_device(model: RetrievalModel) -> torch.device:
-    return next(model.parameters()).device
 
 
 def model_input(model: RetrievalModel, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -495,20 +491,6 @@ def json_text(data) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- test queries
-def _shard_images(shards: Sequence[Path], keys: set[str], size: int, interpolation: str) -> dict[str, np.ndarray]:
-    """uint8 images at the model's input size (as ``sbir.embed`` feeds them) of the samples ``keys``."""
-    images = {}
-    for path in shards:
-        for sample in iter_tar_samples(path):
-            if sample["__key__"] in keys:
-                images[sample["__key__"]] = load_image(image_of(sample)[1], size, interpolation)
-    missing = keys - set(images)
-    if missing:
-        raise SbirError(f"samples not found in the shards: {', '.join(sorted(missing)[:3])} (are the "
-                        "embeddings and the shards from the same run?)")
-    return images
-
-
 def explain_retrievals(model: RetrievalModel, embeddings_dir: Path, shard_folder: Path, out: Path, queries: int = 6,
                        seed: int = 0, top: int = 3, lines: int = 10, identity: dict | None = None) -> dict:
     """Explain the ``top`` photos retrieved for ``queries`` seeded sketch queries into the folder ``out``.
@@ -537,10 +519,13 @@ def explain_retrievals(model: RetrievalModel, embeddings_dir: Path, shard_folder
     rows = pick_queries(sketches.classes, queries, seed)
     ranked = top_k(scores_fn, rows, top)
     config = model.image_config
-    sketch_images = _shard_images(shard_paths(shard_folder, part, "sketch"), {sketches.keys[q] for q in rows},
-                                  config.size, config.interpolation)
-    photo_images = _shard_images(shard_paths(shard_folder, part, "photo"), {photos.keys[i] for i in ranked.ravel()},
-                                 config.size, config.interpolation)
+    def at_input_size(data: bytes) -> np.ndarray:  # as sbir.embed feeds the model
+        return load_image(data, config.size, config.interpolation)
+
+    sketch_images = load_images(shard_paths(shard_folder, part, "sketch"), {sketches.keys[q] for q in rows},
+                                at_input_size)
+    photo_images = load_images(shard_paths(shard_folder, part, "photo"), {photos.keys[i] for i in ranked.ravel()},
+                               at_input_size)
     backbone = getattr(model.backbone, "name", "") or info.get("backbone", "")
     heading = " · ".join(str(x) for x in (model.method, backbone, info.get("dataset"), info.get("split"), part) if x)
     records, overview = [], []

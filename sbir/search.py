@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from sbir.embed import Normalise
+from sbir.embed import Normalise, model_device
 from sbir.embeddings import INFO_NAME, Embeddings, read_embeddings, read_info, write_embeddings
 from sbir.errors import SbirError
 from sbir.evaluate import cosine_scores, load_images
@@ -52,10 +52,6 @@ INDEX_FILES = ("photo.npy", "photo.json", INFO_NAME)
 
 
 # ----------------------------------------------------------------------------------------------- model input
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def model_input(images: Sequence[Image.Image], config: ImageConfig, device: torch.device) -> torch.Tensor:
     """Normalised ``[B, 3, H, W]`` model input of RGB images already ``config.size`` square."""
     array = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])

@@ -20,7 +20,9 @@ def _cell(value: str | None) -> tuple[int, int] | None:
 
 
 def _stem(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-") or "image"
+    from sbir.shards import sample_key
+
+    return sample_key(path.stem) or "image"
 
 
 @click.command()
