@@ -40,7 +40,6 @@ from sbir.shards import (
     image_of,
     iter_tar_samples,
     read_index,
-    sample_bytes,
     sample_key,
     sample_metadata,
     sha256_file,
@@ -192,7 +191,7 @@ def write_shard(job: ShardJob) -> dict:
             skipped.append({"source": item.source, "reason": str(error)})
             continue
         meta = sample_metadata(item.class_name, item.modality, item.source, item.instance_id)
-        writer.write(sample_bytes(key, data, extension, class_index, meta))
+        writer.write_sample(key, data, extension, class_index, meta)
         counts[item.class_name] += 1
     return {"path": job.path, "samples": writer.count, "sha256": writer.close(), "counts": counts,
             "skipped": skipped, "inputs": len(job.items)}

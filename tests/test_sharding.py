@@ -261,7 +261,7 @@ def test_crash_leaves_previous_output_and_no_partial(tmp_path, monkeypatch):
     first = shard_dataset(get_dataset("sketchy"), root, out, _split_file(tmp_path, "dog"), progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls = {"n": 0}
-    real = sharding.TarShardWriter.write
+    real = sharding.TarShardWriter.write_sample
 
     def crash(self, *args, **kwargs):
         calls["n"] += 1
@@ -269,7 +269,7 @@ def test_crash_leaves_previous_output_and_no_partial(tmp_path, monkeypatch):
             raise RuntimeError("power cut")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(sharding.TarShardWriter, "write", crash)
+    monkeypatch.setattr(sharding.TarShardWriter, "write_sample", crash)
     with pytest.raises(RuntimeError):
         shard_dataset(get_dataset("sketchy"), root, out, _split_file(tmp_path, "cat"), workers=1, progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -292,7 +292,8 @@ def test_verify_finds_tampering(tmp_path):
     assert any("test/sketch-000000.tar: listed in index.json but missing" in p for p in problems)
 
 
-def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
+@pytest.mark.parametrize("method", ["write", "write_sample"])
+def test_tar_bytes_equal_webdataset_tarwriter(tmp_path, method):
     import io
     import tarfile
 
@@ -305,7 +306,7 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
     path = tmp_path / "photo-000000.tar"
     writer = TarShardWriter(path)
     for sample in samples:
-        writer.write(sample_bytes(*sample))
+        writer.write(sample_bytes(*sample)) if method == "write" else writer.write_sample(*sample)
     digest = writer.close()
     count = writer.count
     reference = io.BytesIO()
