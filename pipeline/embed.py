@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import torch
 
-from pipeline.params import CACHED_INPUT, EMBEDDINGS, FEATURES, MODEL, SHARDS, build_model, load, uses_feature_cache
+from pipeline.params import EMBEDDINGS, FEATURES, MODEL, SHARDS, build_model, load
 from sbir.checkpoint import model_identity
 from sbir.cli import user_errors
 from sbir.embed import embed_split
@@ -19,6 +19,7 @@ from sbir.embeddings import Embeddings, write_embeddings
 from sbir.features import load_features
 from sbir.shards import read_index
 from sbir.train import load_weights
+from sbir.training import CACHED_INPUT, uses_feature_cache
 
 
 def trained_model(params: dict, index: dict):

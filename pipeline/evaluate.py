@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from pipeline.embed import trained_model
-from pipeline.params import EMBEDDINGS, FEATURES, SHARDS, load, uses_feature_cache
+from pipeline.params import EMBEDDINGS, FEATURES, SHARDS, load
 from sbir.cli import user_errors
 from sbir.errors import SbirError
 from sbir.evaluate import metrics_table, run_evaluation
 from sbir.features import load_features
 from sbir.shards import read_index
+from sbir.training import uses_feature_cache
 
 METRICS = Path("metrics/eval.json")
 RETRIEVAL = Path("metrics/retrieval.json")

@@ -102,6 +102,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` (or None/``auto``: CUDA when there is one); :class:`SbirError` for a
+    name torch does not know or a CUDA device on a machine without one."""
+    if name is None or name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SbirError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SbirError(f"device '{name}': this machine has no CUDA GPU")
+    return device
+
+
 class Normalise:
     """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` (channels-last memory), ``(x / 255 - mean) / std``."""
 
@@ -136,7 +150,7 @@ def embed_shards(model: RetrievalModel, shards: list[tuple[str, Path]], batch_si
     thread); ``threads`` sets the model's torch threads; ``total`` (samples, for the progress bar) is
     optional.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     model = model.to(device, memory_format=torch.channels_last).eval()
     normalise = Normalise(model.image_config, device)
     loader = DataLoader(ShardBatches(shards, model.image_config, batch_size), batch_size=None,

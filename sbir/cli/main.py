@@ -44,7 +44,7 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
         identity = model_identity(model_dir)
         info = {**identity, "weights": identity.get("weights") or ""}
     else:
-        model = create_model(method, backbone, weights=weights or None)
+        model = create_model(method, backbone, weights=weights or None, seed=0)
         info = {"weights": weights}
     info = embed_split(model, shards, out, part=part,
                        batch_size=batch_size, workers=workers, device=None if device == "auto" else device,
@@ -100,6 +100,9 @@ from sbir.cli.search import index, search  # noqa: E402
 main.add_command(search)
 main.add_command(index)
 
+from sbir.cli.train import train  # noqa: E402
+
+main.add_command(train)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Registry of retrieval methods: ``create_model("frozen", "tf_efficientnet_lite0")``, ``method_names()``.
 
-One module per method (``frozen``, ``zse``, ``clip_prompt``; later ``linear``), each a
+One module per method (``frozen``, ``linear``, ``zse``, ``clip_prompt``), each a
 :class:`~sbir.models.base.RetrievalModel` subclass registered by name with :func:`register_method`;
 the interface a method implements is documented in ``sbir.models.base``, the backbones in
 ``sbir.models.backbones``.
@@ -8,8 +8,11 @@ the interface a method implements is documented in ``sbir.models.base``, the bac
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
+
+import torch
 
 from sbir.errors import SbirError
 from sbir.models.backbones import Backbone, Weights, backbone_names, create_backbone
@@ -34,20 +37,29 @@ def method_names() -> list[str]:
 
 
 def create_model(method: str, backbone: Backbone | str, weights: Weights = None, random_init: bool = False,
-                 **options) -> RetrievalModel:
+                 seed: int | None = None, **options) -> RetrievalModel:
     """The method ``method`` on ``backbone`` (a :class:`Backbone`, or a backbone name built here with
-    ``weights`` and ``random_init``, see ``create_backbone``); ``options`` go to the method."""
+    ``weights`` and ``random_init``, see ``create_backbone``); ``options`` go to the method.
+
+    ``seed``: initialise every randomly initialised parameter (heads, prompts, a random-init backbone)
+    from this seed, leaving torch's global random state as it was, so that the same seed gives the same
+    starting weights in any process; None draws from the global state.
+    """
     try:
         factory = _METHODS[method]
     except KeyError:
         raise SbirError(f"unknown method '{method}': choose one of {', '.join(method_names())}") from None
-    if isinstance(backbone, str):
-        backbone = create_backbone(backbone, weights=weights, random_init=random_init)
-    try:
-        inspect.signature(factory).bind(backbone, **options)
-    except TypeError as error:
-        raise SbirError(f"method '{method}': bad options {sorted(options)}: {error}") from None
-    return factory(backbone, **options)
+    with contextlib.ExitStack() as stack:
+        if seed is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(seed)
+        if isinstance(backbone, str):
+            backbone = create_backbone(backbone, weights=weights, random_init=random_init)
+        try:
+            inspect.signature(factory).bind(backbone, **options)
+        except TypeError as error:
+            raise SbirError(f"method '{method}': bad options {sorted(options)}: {error}") from None
+        return factory(backbone, **options)
 
 
 # Importing the modules registers them.

@@ -1,0 +1,117 @@
+"""``sbir train`` and :func:`sbir.training.train_model`: the same inputs and seed give the same weights
+whatever torch's global random state was (two zse runs of the quality table once differed from step 0
+because the heads were initialised from it), the feature cache is made when missing and refused when it
+belongs to another backbone, and bad options give one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from sbir.checkpoint import read_description
+from sbir.cli.main import main
+from sbir.datasets import get_dataset
+from sbir.datasets.synthetic import generate
+from sbir.errors import SbirError
+from sbir.models import create_model
+from sbir.sharding import shard_dataset
+from sbir.train import TrainConfig
+from sbir.training import train_model
+
+TINY_ZSE_OPTIONS = ["--option", "width=16", "--option", "heads=2", "--option", "ffn_dim=8", "--option", "anchor_dim=4"]
+
+
+def test_create_model_seed_fixes_the_initial_weights_and_leaves_the_global_state():
+    def weights(seed):
+        model = create_model("zse", "tf_efficientnet_lite0", random_init=True, head_only=True, width=16, heads=2,
+                             ffn_dim=8, anchor_dim=4, seed=seed)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = weights(0)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(456)
+    second, other = weights(0), weights(1)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("training")
+    raw = generate(tmp / "raw", classes_count=5, photos_per_class=4, sketches_per_photo=1, image_size=64,
+                   workers=1, progress=False)
+    split = tmp / "split.txt"
+    split.write_text("umbrella\n")
+    out = tmp / "shards"
+    shard_dataset(get_dataset("synthetic"), raw, out, str(split), image_size=64, val_fraction=0.25, workers=1,
+                  progress=False)
+    return out
+
+
+def _train(shards, out, features, *extra):
+    return CliRunner().invoke(main, ["train", "--shards", str(shards), "--out", str(out), "--features", str(features),
+                                     "--method", "zse", "--head-only", "--weights", "package", *TINY_ZSE_OPTIONS,
+                                     "--steps", "6", "--batch-size", "4", "--eval-every", "3",
+                                     "--checkpoint-every", "3", "--log-dir", str(out.parent / f"{out.name}-log"),
+                                     *extra])
+
+
+def test_sbir_train_twice_gives_the_same_weights(shards, tmp_path):
+    features = tmp_path / "features"
+    torch.manual_seed(1)
+    first = _train(shards, tmp_path / "a", features)
+    assert first.exit_code == 0, first.output
+    assert (features / "info.json").is_file()  # computed on the first run
+    torch.manual_seed(2)
+    second = _train(shards, tmp_path / "b", features)
+    assert second.exit_code == 0, second.output
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    info = read_description(tmp_path / "a")
+    assert info["method"] == "zse" and info["trained"] is True and info["options"]["width"] == 16
+    assert info["summary"]["steps"] == 6
+    logged = json.loads((tmp_path / "a-log" / "metrics.json").read_text())
+    assert "loss" in logged["train"] and "map_all" in logged["val"]
+    other = _train(shards, tmp_path / "c", features, "--seed", "1")
+    assert other.exit_code == 0, other.output
+    c = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    # the trained folder is usable by the other commands
+    embedded = CliRunner().invoke(main, ["embed", "--shards", str(shards), "--out", str(tmp_path / "emb"),
+                                         "--model", str(tmp_path / "a"), "--workers", "0"])
+    assert embedded.exit_code == 0, embedded.output
+
+
+def test_feature_cache_of_another_backbone_is_refused(shards, tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "info.json").write_text(json.dumps({"backbone": "vit_base_patch16_224", "weights": None}))
+    model_params = {"method": "linear", "backbone": "tf_efficientnet_lite0", "weights": "package", "head_only": True}
+    with pytest.raises(SbirError, match="feature cache of vit_base_patch16_224"):
+        train_model(model_params, TrainConfig(steps=1), shards, tmp_path / "m", features=features)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "zse", "--option", "colour=3"], "bad options"),
+])
+def test_bad_options_give_one_line(shards, tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", "--shards", str(shards), "--out", str(tmp_path / "m"),
+                                       "--features", str(tmp_path / "f"), "--log-dir", str(tmp_path / "log"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_shards_give_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "no shard index" in result.output
