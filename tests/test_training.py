@@ -115,3 +115,10 @@ def test_bad_options_give_one_line(shards, tmp_path, args, message):
 def test_missing_shards_give_one_line(tmp_path):
     result = CliRunner().invoke(main, ["train", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "no shard index" in result.output
+
+
+def test_several_processes_do_not_race_to_make_the_feature_cache(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = _train(shards, tmp_path / "m", tmp_path / "features")
+    assert result.exit_code == 2 and "without torchrun" in result.output
+    assert not (tmp_path / "features").exists()

@@ -72,6 +72,11 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
     model_params = {"method": method, "backbone": backbone, "weights": weights or None, "head_only": head_only,
                     "options": {method: _options(method_options)}}
     if uses_feature_cache(model_params) and not (features / "info.json").is_file():
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SbirError(f"{features}: no feature cache; make it first with one process (the same command "
+                            "without torchrun), then train with several")
         from sbir.features import cache_features
         from sbir.models import create_backbone
 
