@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -72,8 +73,6 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
     model_params = {"method": method, "backbone": backbone, "weights": weights or None, "head_only": head_only,
                     "options": {method: _options(method_options)}}
     if uses_feature_cache(model_params) and not (features / "info.json").is_file():
-        import os
-
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SbirError(f"{features}: no feature cache; make it first with one process (the same command "
                             "without torchrun), then train with several")
@@ -87,6 +86,8 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
                          checkpoint_every=checkpoint_every, seed=seed, fine_grained=fine_grained)
     info = train_model(model_params, config, shards, out, features=features, log_dir=log_dir,
                        device=None if device == "auto" else device, progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     if not info["trained"]:
         click.echo(f"{method}: nothing to train; {out}/model.json written")
         return
