@@ -77,7 +77,7 @@ def test_training_lowers_loss_and_improves_val(tmp_path):
     from sbir.train import validate
 
     before = validate(model, toy_data(1), torch.device("cpu"))["map_all"]
-    first_loss = float(model(_batch(model))[0])
+    first_loss = float(model(_batch(model))[0].detach())
     summary = train(model, toy_data(0), toy_data(1), config, tmp_path, progress=False)
     assert summary["best_val_map_all"] > before + 0.05
     assert summary["last_loss"] < first_loss
