@@ -40,7 +40,7 @@ def test_cache_matches_the_shards_and_the_backbone(tmp_path):
 
     first = next(iter_tar_samples(shard_paths(shards, "test", "photo")[0]))
     config = backbone.image_config
-    image = Normalise(config, torch.device("cpu"))(torch.from_numpy(load_image(first["jpg"], config.size)[None]))
+    image = Normalise(config, torch.device("cpu"))(torch.from_numpy(load_image(first["jpg"], config.size)[None].copy()))
     with torch.inference_mode():
         expected = backbone.forward_tokens(image).pooled[0]
     cached = load_features(tmp_path / "features", "test", "photo").pooled[0]
