@@ -59,7 +59,7 @@ def main() -> None:
         write_embeddings(EMBEDDINGS, embeddings, info)
     else:
         info = embed_split(model, SHARDS, EMBEDDINGS, part=embed["part"], batch_size=embed["batch_size"],
-                           workers=embed["workers"], device=None if embed["device"] == "auto" else embed["device"],
+                           workers=embed["workers"], device=embed["device"],
                            threads=embed["threads"] or None, progress=sys.stderr.isatty(), info=info)
     print(f"{info['counts']['sketch']} sketches, {info['counts']['photo']} photos x {info['embed_dim']} "
           f"({info['method']}, {info['backbone']}) -> {EMBEDDINGS}")

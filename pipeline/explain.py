@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from pipeline.params import EMBEDDINGS, MODEL, SHARDS, load
 from sbir.checkpoint import load_model, model_identity
 from sbir.cli import user_errors
@@ -24,10 +22,7 @@ OUT = Path("explain")
 @user_errors
 def main() -> None:
     params = load()["explain"]
-    device = params.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(MODEL, device=device)
+    model = load_model(MODEL, device=params.get("device", "auto"))
     index = explain_retrievals(model, EMBEDDINGS, SHARDS, OUT, queries=params["queries"], seed=params["seed"],
                                top=params["top"], lines=params["lines"], identity=model_identity(MODEL))
     correct = sum(r["correct"] for q in index["queries"] for r in q["retrieved"])

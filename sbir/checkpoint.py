@@ -78,10 +78,12 @@ def model_identity(path: Path) -> dict:
 
 
 def load_model(path: Path, device: str | None = None):
-    """The trained model of ``path`` (a model folder, or its ``model.safetensors``) in eval mode.
+    """The trained model of ``path`` (a model folder, or its ``model.safetensors``) in eval mode, moved to
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; None leaves it on the CPU).
 
     Raises :class:`SbirError` with the file and the problem when the folder is not a trained model.
     """
+    from sbir.embed import resolve_device
     from sbir.models import create_model
     from sbir.train import load_weights
 
@@ -102,4 +104,4 @@ def load_model(path: Path, device: str | None = None):
             raise SbirError(f"{weights}: does not fit the '{info['method']}' model of {DESCRIPTION}: "
                             f"{str(error).splitlines()[0]}") from None
     model.eval()
-    return model.to(device) if device else model
+    return model.to(resolve_device(device)) if device else model

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sbir.embed import default_device
 from sbir.metrics import evaluate_embeddings
 from sbir.sampling import PairSampler
 
@@ -176,7 +177,7 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = distributed()
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model.to(device)
     share = shard_for_rank(data.count("sketch"), rank, world)
     photo_share = shard_for_rank(data.count("photo"), rank, world)

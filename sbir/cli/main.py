@@ -47,7 +47,7 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
         model = create_model(method, backbone, weights=weights or None, seed=0)
         info = {"weights": weights}
     info = embed_split(model, shards, out, part=part,
-                       batch_size=batch_size, workers=workers, device=None if device == "auto" else device,
+                       batch_size=batch_size, workers=workers, device=device,
                        threads=threads or None, progress=sys.stderr.isatty(), info=info)
     click.echo(f"{info['counts']['sketch']} sketches, {info['counts']['photo']} photos x {info['embed_dim']} "
                f"-> {out}")

@@ -12,14 +12,6 @@ from sbir.cli import user_errors
 from sbir.errors import SbirError
 
 
-def _device(name: str) -> str | None:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else None
-
-
 def _identity(model_dir: Path) -> dict:
     """The model folder's identity (method, backbone, weights, sha256 of the trained weights)."""
     from sbir.checkpoint import model_identity
@@ -76,7 +68,7 @@ def search(sketch: Path, top_k: int, index_dir: Path, model_dir: Path, shards: P
     gallery = open_gallery(index_dir, shards)
     for note in check_model(gallery.info, _identity(model_dir), index_dir, model_dir):
         click.echo(f"note: {note}", err=True)
-    model = load_model(model_dir, device=_device(device))
+    model = load_model(model_dir, device=device)
     size = model.image_config.size
     query = load_user_image(sketch, "sketch", size)
     hits = search_gallery(model, gallery, query, top_k=top_k, mode=mode, shortlist=shortlist)
@@ -111,7 +103,7 @@ def index(photos_dir: Path, out: Path, model_dir: Path, batch_size: int, device:
     if not photos_dir.is_dir():  # before loading the model
         raise SbirError(f"{photos_dir}: {'not a folder' if photos_dir.exists() else 'no such folder'} "
                         "(give the folder of the photos to index)")
-    model = load_model(model_dir, device=_device(device))
+    model = load_model(model_dir, device=device)
     info = index_folder(model, photos_dir, out, identity, batch_size=batch_size, progress=sys.stderr.isatty())
     for skipped in info["skipped"]:
         click.echo(f"skipped {skipped['path']}: {skipped['reason']}", err=True)

@@ -85,7 +85,7 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, seed=seed, fine_grained=fine_grained)
     info = train_model(model_params, config, shards, out, features=features, log_dir=log_dir,
-                       device=None if device == "auto" else device, progress=sys.stderr.isatty())
+                       device=device, progress=sys.stderr.isatty())
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if not info["trained"]:
