@@ -120,6 +120,21 @@ def _run_signature(model: nn.Module, config: TrainConfig) -> str:
     return repr((type(model).__name__, sorted(settings.items()), shapes))
 
 
+def resumable_state(checkpoint: Path, model: nn.Module, config: TrainConfig) -> tuple[dict | None, str | None]:
+    """The state to resume a run from ``checkpoint``, or None and why not: a checkpoint of another model or
+    other settings, or of a run that already reached ``config.steps`` (re-running a finished run — e.g. DVC
+    re-running the stage after a code change, ``last.pt`` being persistent — trains afresh instead of
+    keeping the old weights). A finished run asked for more steps is extended."""
+    if not checkpoint.is_file():
+        return None, None
+    state = load_checkpoint(checkpoint)
+    if state.get("run") != _run_signature(model, config):
+        return None, "from a different model or settings, not resumed; starting afresh"
+    if state["step"] >= config.steps:
+        return None, f"a finished run ({state['step']} steps), not resumed; starting afresh"
+    return state, None
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's contents; ``weights_only=True`` refuses anything but tensors and plain data."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -192,10 +207,9 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     step, best, best_step = 0, -math.inf, -1
     checkpoint = out / "last.pt"
-    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
-    if state is not None and state.get("run") != _run_signature(model, config):
-        print(f"{checkpoint}: from a different model or settings, not resumed; starting afresh", file=sys.stderr)
-        state = None
+    state, why_not = resumable_state(checkpoint, model, config)
+    if why_not:
+        print(f"{checkpoint}: {why_not}", file=sys.stderr)
     if state is not None:
         load_trained_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from sbir.checkpoint import description, model_options, write_description
 from sbir.errors import SbirError
 from sbir.shards import read_index
-from sbir.train import TrainConfig, train
+from sbir.train import TrainConfig, resumable_state, train
 
 #: methods that train heads on the feature cache when ``head_only`` is set, and the input they take
 CACHED_INPUT = {"linear": "pooled", "zse": "tokens"}
@@ -103,7 +103,8 @@ def train_model(model_params: dict, config: TrainConfig, shards: Path, out: Path
     if log_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         from dvclive import Live
 
-        live = Live(str(log_dir), resume=(out / "last.pt").is_file(), save_dvc_exp=False, dvcyaml=None)
+        resuming = resumable_state(out / "last.pt", model, config)[0] is not None
+        live = Live(str(log_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None)
     summary = train(model, data, val, config, out, optimizer_factory=factory, live=live, progress=progress,
                     device=device)
     if live is not None:

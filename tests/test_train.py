@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,16 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path, capsys):
     reference = ToyModel()
     train(reference, toy_data(0), None, other, tmp_path / "ref", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), reference.state_dict().values()))
+
+
+def test_a_finished_run_is_trained_afresh_not_resumed(tmp_path, capsys):
+    """DVC keeps ``last.pt`` (persistent output) and re-runs the stage after a code change: the finished
+    checkpoint must not turn the new run into a no-op that keeps the old weights."""
+    config = TrainConfig(steps=10, batch_size=8, lr=1e-2, eval_every=5, checkpoint_every=5)
+    train(ToyModel(), toy_data(0), toy_data(1), config, tmp_path, progress=False)
+    summary = train(ToyModel(), toy_data(0), toy_data(1), config, tmp_path, progress=False)
+    assert "a finished run (10 steps), not resumed" in capsys.readouterr().err
+    assert math.isfinite(summary["last_loss"]) and summary["best_val_map_all"] is not None
+    extended = train(ToyModel(), toy_data(0), toy_data(1), TrainConfig(**{**asdict(config), "steps": 15}), tmp_path,
+                     progress=False)
+    assert "not resumed" not in capsys.readouterr().err and extended["steps"] == 15
