@@ -183,11 +183,12 @@ def _autocast(device: torch.device):
 
 def train(model: nn.Module, data: TrainData, val: TrainData | None, config: TrainConfig, out: Path,
           optimizer_factory: Callable | None = None, device: torch.device | None = None,
-          live=None, progress: bool = True) -> dict:
+          log_dir: Path | None = None, progress: bool = True) -> dict:
     """Train ``model`` (see the module docstring); return a summary (best step, best val mAP, last loss).
 
     ``out`` receives ``last.pt`` (resumable) and ``model.safetensors`` (the selected weights). An
-    existing ``last.pt`` is resumed from. ``live`` is a ``dvclive.Live`` (rank 0 only) or None.
+    existing ``last.pt`` is resumed from. ``log_dir``: DVCLive folder for the losses and val metrics
+    (written by rank 0; continued when the run resumes), or None.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +215,11 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
         load_trained_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best, best_step = state["step"], state["best"], state["best_step"]
+    live = None
+    if log_dir is not None and rank == 0:
+        from dvclive import Live
+
+        live = Live(str(log_dir), resume=state is not None, save_dvc_exp=False, dvcyaml=None)
     wrapped = model
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -242,23 +248,25 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
         loss_value = float(loss.detach())
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
-        if live is not None and rank == 0:
+        if live is not None:
             live.log_metric("train/loss", loss_value)
             for name, value in parts.items():
                 live.log_metric(f"train/{name}", float(value))
         if val is not None and (step % config.eval_every == 0 or step == config.steps):
             score = validate(model, val, device)["map_all"]
-            if live is not None and rank == 0:
+            if live is not None:
                 live.log_metric("val/map_all", score)
             if score > best:
                 best, best_step = score, step
                 if rank == 0:
                     save_weights(out / "model.safetensors", model)
-        if live is not None and rank == 0:
+        if live is not None:
             live.next_step()
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(checkpoint, model, optimizer, step, best, best_step, config)
     bar.close()
+    if live is not None:
+        live.end()
     if val is None and rank == 0:
         save_weights(out / "model.safetensors", model)
     if world > 1:

@@ -11,13 +11,12 @@ inputs and seed give the same weights on the CPU.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sbir.checkpoint import description, model_options, write_description
 from sbir.errors import SbirError
 from sbir.shards import read_index
-from sbir.train import TrainConfig, resumable_state, train
+from sbir.train import TrainConfig, train
 
 #: methods that train heads on the feature cache when ``head_only`` is set, and the input they take
 CACHED_INPUT = {"linear": "pooled", "zse": "tokens"}
@@ -99,16 +98,8 @@ def train_model(model_params: dict, config: TrainConfig, shards: Path, out: Path
         data = image_train_data(shards, "train", classes, model.image_config)
         val = image_train_data(shards, "val", classes, model.image_config) if has_val else None
     factory = (lambda m: m.make_optimizer()) if hasattr(model, "make_optimizer") else None
-    live = None
-    if log_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        from dvclive import Live
-
-        resuming = resumable_state(out / "last.pt", model, config)[0] is not None
-        live = Live(str(log_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None)
-    summary = train(model, data, val, config, out, optimizer_factory=factory, live=live, progress=progress,
+    summary = train(model, data, val, config, out, optimizer_factory=factory, log_dir=log_dir, progress=progress,
                     device=device)
-    if live is not None:
-        live.end()
     info = {**info, "trained": True, "summary": summary}
     write_description(out, info)
     return info
