@@ -11,8 +11,10 @@ from sbir.losses import (
     RelationMSELoss,
     TripletLoss,
     ZSELoss,
+    balanced_relation_mse_loss,
     cosine_triplet_loss,
     pairwise_distance,
+    ranking_distillation_loss,
     relation_mse_loss,
     triplet_margin_loss,
     zse_loss,
@@ -65,6 +67,52 @@ def test_relation_mse_by_hand():
     # [B, 1] shaped scores (as the relation network returns them) give the same value
     assert relation_mse_loss(positive[:, None], negative[:, None]).item() == pytest.approx(0.125, abs=1e-7)
     assert RelationMSELoss()(positive, negative).item() == pytest.approx(0.125, abs=1e-7)
+
+
+def test_balanced_relation_mse_by_hand():
+    scores = torch.tensor([[0.89, 0.21, 0.01],
+                           [0.11, 0.49, 0.99]])
+    same = torch.tensor([[True, False, False],
+                         [False, True, True]])
+    # positives 0.89, 0.49, 0.99: squares 0.01, 0.25, 0 -> mean 0.26 / 3
+    # negatives 0.21, 0.01, 0.11: squares 0.04, 0, 0.01 -> mean 0.05 / 3
+    # (0.26 / 3 + 0.05 / 3) / 2 = 0.31 / 6 (equal counts: the same as a plain mean, so an unequal batch next)
+    assert balanced_relation_mse_loss(scores, same).item() == pytest.approx(0.31 / 6, abs=1e-6)
+    # one positive (0.49: 0.25) and three negatives (0.21, 0.01, 0.11: 0.05 / 3): (0.25 + 0.05 / 3) / 2
+    one = torch.tensor([[0.49, 0.21, 0.01, 0.11]])
+    mask = torch.tensor([[True, False, False, False]])
+    assert balanced_relation_mse_loss(one, mask).item() == pytest.approx((0.25 + 0.05 / 3) / 2, abs=1e-6)
+    plain = relation_mse_loss(one[:, :1], one[:, 1:]).item()  # (0.25 + 0.05) / 4
+    assert balanced_relation_mse_loss(one, mask).item() != pytest.approx(plain)
+    # only negatives: their mean alone (0.05 / 3)
+    assert balanced_relation_mse_loss(one[:, 1:], mask[:, 1:]).item() == pytest.approx(0.05 / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="no relation score"):
+        balanced_relation_mse_loss(torch.empty(0), torch.empty(0, dtype=torch.bool))
+
+
+def test_ranking_distillation_by_hand():
+    # teacher logits (0, ln 3) -> p = (1/4, 3/4); student cosines (0, 0) -> q = (1/2, 1/2)
+    # KL(p || q) = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812
+    teacher = torch.tensor([[0.0, math.log(3.0)]])
+    student = torch.zeros(1, 2, requires_grad=True)
+    loss = ranking_distillation_loss(student, teacher, temperature=0.1)
+    assert loss.item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-6)
+    # a student equal to the teacher times the temperature, plus any constant per row: KL 0
+    twice = torch.tensor([[0.0, math.log(3.0)], [1.0, -2.0]])
+    assert ranking_distillation_loss(0.2 * twice + torch.tensor([[0.3], [-0.7]]), twice, 0.2).item() == \
+        pytest.approx(0.0, abs=1e-6)
+    # the mean over rows: the second row alone contributes its own KL, the zero row nothing
+    rows = ranking_distillation_loss(torch.zeros(2, 2), torch.cat([teacher, torch.zeros(1, 2)]), 0.1)
+    assert rows.item() == pytest.approx(loss.item() / 2, abs=1e-6)
+    # the gradient reaches the student, never the teacher; d/ds_j = (q_j - p_j) / T = (1/2 - 1/4) / 0.1 = 2.5
+    teacher_leaf = teacher.clone().requires_grad_(True)
+    ranking_distillation_loss(student, teacher_leaf, 0.1).backward()
+    assert teacher_leaf.grad is None
+    assert torch.allclose(student.grad, torch.tensor([[2.5, -2.5]]), atol=1e-5)
+    with pytest.raises(ValueError, match="matching"):
+        ranking_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="temperature"):
+        ranking_distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), temperature=0)
 
 
 def test_zse_total_by_hand():

@@ -89,6 +89,28 @@ def test_sbir_train_twice_gives_the_same_weights(shards, tmp_path):
     assert embedded.exit_code == 0, embedded.output
 
 
+def test_sbir_train_with_batch_relation_pairs_and_distillation(shards, tmp_path):
+    """The training loop hands the class labels to the loss (relation_pairs=batch needs them) and logs the
+    distillation term; two runs give the same weights; the options reach model.json, so the trained folder
+    rebuilds the same model."""
+    out = tmp_path / "distilled"
+    options = ("--option", "relation_pairs=batch", "--option", "distill_weight=1.0", "--option",
+               "distill_temperature=0.2")
+    for folder in (out, tmp_path / "again"):
+        result = _train(shards, folder, tmp_path / "features", *options)
+        assert result.exit_code == 0, result.output
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # deterministic with these options too
+    info = read_description(out)
+    assert info["options"]["relation_pairs"] == "batch" and info["options"]["distill_weight"] == 1.0
+    logged = json.loads((tmp_path / "distilled-log" / "metrics.json").read_text())
+    assert logged["train"]["distill"] > 0 and logged["train"]["relation"] > 0
+    from sbir.checkpoint import load_model
+
+    model = load_model(out, device="cpu")
+    assert model.relation_pairs == "batch" and model.distill_weight == 1.0 and model.distill_temperature == 0.2
+
+
 def test_feature_cache_of_another_backbone_is_refused(shards, tmp_path):
     features = tmp_path / "features"
     features.mkdir()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sbir.losses import zse_loss
+from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, zse_loss
 from sbir.models import create_model
 from sbir.models.backbones import Backbone, ImageConfig, TimmViTBackbone, TokenFeatures
 from sbir.models.zse import (
@@ -273,6 +273,91 @@ def test_loss_is_the_weighted_sum_of_its_terms_on_the_pairs():
     assert total.item() == pytest.approx(2 * parts["triplet"] + 4 * parts["relation"], rel=1e-5)
     assert model({"sketch": sketch, "positive": positive, "negative": negative})[0].item() == pytest.approx(
         total.item(), rel=1e-6)
+
+
+def _every_pair(model: ZSESBIR, sketches, photos) -> torch.Tensor:
+    """``[S, P]`` relation of (sketch i, photo j), each pair through ``model.pair`` on its own."""
+    return torch.stack([torch.cat([model.pair(sketches[i:i + 1], photos[j:j + 1]).relation for j in range(len(photos))])
+                        for i in range(len(sketches))])
+
+
+def test_batch_relation_pairs_score_every_pair_of_the_batch_by_class():
+    model = head_only(relation_pairs="batch", dropout=0.0).eval()
+    sketch, positive, negative = (torch.randn(3, 49, 16, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    sketch_labels, negative_labels = torch.tensor([0, 1, 0]), torch.tensor([2, 0, 1])
+    total, parts = model.loss(sketch, positive, negative, sketch_labels, negative_labels)
+    photos = torch.cat([positive, negative])
+    relation = _every_pair(model, sketch, photos)  # [3, 6]
+    photo_labels = torch.cat([sketch_labels, negative_labels])  # a positive has its sketch's class
+    same = sketch_labels[:, None] == photo_labels[None]
+    # photo labels 0 1 0 2 0 1: besides its own positive, sketch 0 matches sketch 2's positive and negative 1
+    assert same.tolist() == [[True, False, True, False, True, False], [False, True, False, False, False, True],
+                             [True, False, True, False, True, False]]
+    expected_relation = balanced_relation_mse_loss(relation, same)
+    with_positive, with_negative = model.pair(sketch, positive), model.pair(sketch, negative)
+    triplet = zse_loss(with_positive.sketch_token, with_positive.photo_token, with_negative.photo_token,
+                       with_positive.relation, with_negative.relation)[1]["triplet"]
+    assert parts["relation"] == pytest.approx(expected_relation.item(), rel=1e-5)
+    assert parts["triplet"] == pytest.approx(triplet.item(), rel=1e-5)
+    assert total.item() == pytest.approx(2 * parts["triplet"] + 4 * parts["relation"], rel=1e-5)
+    batch = {"sketch": sketch, "positive": positive, "negative": negative, "sketch_label": sketch_labels,
+             "negative_label": negative_labels}
+    assert model(batch)[0].item() == pytest.approx(total.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="sketch_labels"):
+        model.loss(sketch, positive, negative)
+
+
+def test_distillation_term_is_the_kl_from_the_relation_ranking_to_the_token_ranking():
+    model = head_only(distill_weight=0.5, distill_temperature=0.2, dropout=0.0).eval()
+    sketch, positive, negative = (torch.randn(3, 49, 16, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    total, parts = model.loss(sketch, positive, negative)
+    photos = torch.cat([positive, negative])
+    student = model.embed(sketch, "sketch") @ model.embed(photos, "photo").T
+    expected = ranking_distillation_loss(student, torch.logit(_every_pair(model, sketch, photos)), 0.2)
+    assert set(parts) == {"triplet", "relation", "distill"}
+    assert parts["distill"] == pytest.approx(expected.item(), rel=1e-4)
+    reference_total, _ = head_only(dropout=0.0).eval().loss(sketch, positive, negative)  # same seed, same weights
+    assert total.item() == pytest.approx(reference_total.item() + 0.5 * parts["distill"], rel=1e-5)
+
+
+def test_distillation_trains_the_token_path_only_and_brings_the_rankings_together():
+    """The relation network is the teacher: no gradient from the distillation term. Trained on that term
+    alone, the token cosines come to order held-out photos as the (fixed) relation network does."""
+    model = head_only(distill_weight=1.0, triplet_weight=0.0, relation_weight=0.0, dropout=0.0)
+    generator = torch.Generator().manual_seed(0)
+    draw = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
+    total, parts = model.loss(*draw)
+    total.backward()  # the other terms have weight 0: any gradient in the relation network would be the KL's
+    assert all(p.grad is None or not p.grad.any() for p in model.relation_network.parameters())
+    assert model.cross_attention.branches["sketch"].query.weight.grad.abs().sum() > 0
+    assert model.token_head.cls_projection.weight.grad.abs().sum() > 0
+
+    held_out = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
+
+    def divergence() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = model.loss(*held_out)[1]["distill"]
+        model.train()
+        return value
+
+    before = divergence()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(40):
+        batch = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
+        optimizer.zero_grad()
+        model.loss(*batch)[0].backward()
+        optimizer.step()
+    assert divergence() < 0.5 * before
+
+
+def test_bad_loss_options_are_refused():
+    with pytest.raises(ValueError, match="relation_pairs"):
+        head_only(relation_pairs="all")
+    with pytest.raises(ValueError, match="distill"):
+        head_only(distill_weight=-1.0)
+    with pytest.raises(ValueError, match="distill"):
+        head_only(distill_temperature=0.0)
 
 
 def test_token_selection_keeps_the_top_tokens_by_cls_attention():

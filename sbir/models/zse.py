@@ -79,13 +79,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbir.losses import zse_loss
+from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, zse_loss
 from sbir.models import register_method
 from sbir.models.backbones import Backbone
 from sbir.models.base import MODALITIES, RetrievalModel, check_modality
 
 TokenizerUse = Literal["sketch", "both", "none"]
 TokenSource = Literal["backbone", "self_cross"]
+RelationPairs = Literal["reference", "batch"]
 RetrievalMode = Literal["token", "relation", "rerank"]
 RETRIEVAL_MODES: tuple[str, ...] = ("token", "relation", "rerank")
 
@@ -487,7 +488,21 @@ class ZSESBIR(RetrievalModel):
             relation MLP).
         anchor_dim, anchor_kernel: the relation network (512 channels; kernel ``h / 7`` by default).
         margin, triplet_weight, relation_weight: the loss (1, 2, 4).
+        relation_pairs: ``"reference"`` (one positive and one negative pair per sketch) or ``"batch"`` (every
+            sketch x photo pair of the batch, labelled by class, positives and negatives averaged apart;
+            category-level training). Not in the paper or the released code; default the reference.
+        distill_weight, distill_temperature: weight (default 0: off, the reference) and student temperature
+            of the ranking distillation from the relation network to the token embedding (below).
         pair_chunk: pairs scored at once (memory ~ pair_chunk x tokens x (width + ffn_dim) floats).
+
+    Ranking distillation (DEVIATION, not in the paper or the released code; off by default): ``rerank``
+    re-scores the token shortlist with the relation network, so it can only match exhaustive ``relation`` if
+    the token embedding orders photos as the relation network does. With ``distill_weight > 0`` each step
+    also scores every sketch x photo pair of the batch with the relation network (the teacher, detached) and
+    adds the KL divergence of the token cosines' softmax over those photos (divided by
+    ``distill_temperature``) to the softmax of the relation logits. The relation network learns from its
+    own loss only. It costs a relation forward over ``B x 2B`` pairs per step (with ``relation_pairs="batch"``
+    that forward is the relation loss's own).
     """
 
     supports_pairs = True
@@ -498,7 +513,8 @@ class ZSESBIR(RetrievalModel):
                  token_source: TokenSource | None = None, heads: int = 8, ffn_dim: int = 1024,
                  anchor_dim: int = 512, anchor_kernel: int | None = None, dropout: float = 0.1,
                  margin: float = 1.0, triplet_weight: float = 2.0, relation_weight: float = 4.0,
-                 pair_chunk: int = 64):
+                 relation_pairs: RelationPairs = "reference", distill_weight: float = 0.0,
+                 distill_temperature: float = 0.1, pair_chunk: int = 64):
         super().__init__(backbone)
         self.head_only = head_only
         self.tokenizer: Tokenizer | None = None
@@ -535,6 +551,13 @@ class ZSESBIR(RetrievalModel):
         self.cross_attention = CrossAttention(self.dim, heads, ffn_dim, dropout)
         self.relation_network = KernelRelationNetwork(self.dim, self.grid, anchor_dim, anchor_kernel, dropout)
         self.margin, self.triplet_weight, self.relation_weight = margin, triplet_weight, relation_weight
+        if relation_pairs not in ("reference", "batch"):
+            raise ValueError(f"relation_pairs must be 'reference' or 'batch', got {relation_pairs!r}")
+        if distill_weight < 0 or distill_temperature <= 0:
+            raise ValueError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and "
+                             f"{distill_temperature}")
+        self.relation_pairs = relation_pairs
+        self.distill_weight, self.distill_temperature = float(distill_weight), float(distill_temperature)
         self.pair_chunk = pair_chunk
 
     @property
@@ -706,30 +729,69 @@ class ZSESBIR(RetrievalModel):
         return RetrievalScores(self, sketch_features, photo_features, mode, top_k, photo_block)
 
     # ---- training
-    def loss(self, sketch: Inputs, positive: Inputs, negative: Inputs) -> tuple[Tensor, dict[str, float]]:
-        """``2 · triplet(margin 1, L2) + 4 · MSE(relation(s, p+) → 0.99, relation(s, p-) → 0.01)``.
+    def loss(self, sketch: Inputs, positive: Inputs, negative: Inputs, sketch_labels: Tensor | None = None,
+             negative_labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """``2 · triplet(margin 1, L2) + 4 · MSE(relation(s, p+) → 0.99, relation(s, p-) → 0.01)``, the
+        reference; with ``relation_pairs="batch"`` the MSE is taken over every sketch x photo pair of the batch
+        (:func:`~sbir.losses.balanced_relation_mse_loss`, pairs labelled by class: needs ``sketch_labels`` and
+        ``negative_labels``), and ``distill_weight > 0`` adds ``distill_weight ·``
+        :func:`~sbir.losses.ranking_distillation_loss` of the token cosines to the relation scores over the
+        batch's photos (see the class docstring).
 
-        The sketches are encoded and projected once for both of their pairs. Returns the total and the
-        unweighted ``triplet`` / ``relation`` terms.
+        The sketches are encoded and projected once for all of their pairs. Returns the total and the
+        unweighted terms ``triplet``, ``relation`` (and ``distill``).
         """
+        if self.relation_pairs == "batch" and (sketch_labels is None or negative_labels is None):
+            raise ValueError("relation_pairs='batch' labels the batch's pairs by class: give sketch_labels and "
+                             "negative_labels")
         sketch_tokens = self.tokens(sketch, "sketch")
         photo_tokens = Tokens.cat([self.tokens(positive, "photo"), self.tokens(negative, "photo")])
         n = len(sketch_tokens)
         device = sketch_tokens.cls.device
-        sketch_token, photo_token, relation = self._pairs_forward(
-            self._project(sketch_tokens, photo_tokens), torch.arange(n, device=device).repeat(2),
-            torch.arange(2 * n, device=device))
-        total, parts = zse_loss(sketch_token[:n], photo_token[:n], photo_token[n:], relation[:n], relation[n:],
-                                self.margin, self.triplet_weight, self.relation_weight)
+        projected = self._project(sketch_tokens, photo_tokens)
+        if self.relation_pairs == "batch":
+            # every pair: row i, column j is (sketch i, photo j), the photos being the positives then the negatives
+            sketch_token, photo_token, relation = self._pairs_forward(projected, *_all_pairs(n, device))
+            rows = torch.arange(n, device=device) * (2 * n + 1)  # flat index of (sketch i, its positive i)
+            on_pairs = torch.cat([rows, rows + n])  # then (sketch i, its negative n + i)
+            sketch_token, photo_token = sketch_token[on_pairs], photo_token[on_pairs]
+            pair_relation, relation = relation[on_pairs], relation.view(n, 2 * n)
+        else:
+            sketch_token, photo_token, pair_relation = self._pairs_forward(
+                projected, torch.arange(n, device=device).repeat(2), torch.arange(2 * n, device=device))
+        total, parts = zse_loss(sketch_token[:n], photo_token[:n], photo_token[n:], pair_relation[:n],
+                                pair_relation[n:], self.margin, self.triplet_weight, self.relation_weight)
+        if self.relation_pairs == "batch":
+            sketch_labels = sketch_labels.to(device)
+            photo_labels = torch.cat([sketch_labels, negative_labels.to(device)])
+            parts["relation"] = balanced_relation_mse_loss(relation, sketch_labels[:, None] == photo_labels[None])
+            total = self.triplet_weight * parts["triplet"] + self.relation_weight * parts["relation"]
+        if self.distill_weight:
+            if self.relation_pairs != "batch":  # the teacher only: no gradient, no graph
+                with torch.no_grad():
+                    relation = self._pairs_forward(projected, *_all_pairs(n, device))[2].view(n, 2 * n)
+            student = self.embed_tokens(sketch_tokens, "sketch") @ self.embed_tokens(photo_tokens, "photo").T
+            parts["distill"] = ranking_distillation_loss(student, torch.logit(relation.float(), eps=1e-6),
+                                                         self.distill_temperature)
+            total = total + self.distill_weight * parts["distill"]
         return total, {name: float(value.detach()) for name, value in parts.items()}
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """Training-loop entry (:mod:`sbir.train`): ``batch`` holds ``sketch``, ``positive``, ``negative``."""
-        return self.loss(batch["sketch"], batch["positive"], batch["negative"])
+        """Training-loop entry (:mod:`sbir.train`): ``batch`` holds ``sketch``, ``positive``, ``negative`` (and
+        the class labels ``sketch_label``, ``negative_label``, which ``relation_pairs="batch"`` needs)."""
+        return self.loss(batch["sketch"], batch["positive"], batch["negative"], batch.get("sketch_label"),
+                         batch.get("negative_label"))
 
     def extra_repr(self) -> str:
         return (f"head_only={self.head_only}, tokenizer={self.tokenizer_use!r}, keep_rates={self.keep_rates}, "
-                f"token_source={self.token_source!r}, grid={self.grid}")
+                f"token_source={self.token_source!r}, grid={self.grid}, relation_pairs={self.relation_pairs!r}, "
+                f"distill_weight={self.distill_weight}")
+
+
+def _all_pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(sketch_index, photo_index)`` of every pair of ``n`` sketches and ``2n`` photos, row-major: pair
+    ``i · 2n + j`` is (sketch ``i``, photo ``j``)."""
+    return (torch.arange(n, device=device).repeat_interleave(2 * n), torch.arange(2 * n, device=device).repeat(n))
 
 
 def _check_staged_vit(backbone: Backbone) -> None:
