@@ -44,7 +44,9 @@ positive, positive / negative = the photos' tokens after attending to the sketch
 the negative photo with a second sketch; here with the same sketch, so a step needs one sketch per triplet)
 — plus ``4 · MSE`` of the relation scores against 0.99 / 0.01 (:func:`sbir.losses.zse_loss`). Model
 selection is done by the training loop on a SEEN-class validation split (the released code selects on the
-unseen test classes: not copied).
+unseen test classes: not copied). Two options that neither the paper nor the released code has, off by
+default (:class:`ZSESBIR`): ``relation_pairs="batch"`` (the relation MSE over every in-batch pair) and
+``distill_weight`` (the token embedding learns the relation network's ranking, for ``rerank``).
 
 Retrieval modes (:data:`RETRIEVAL_MODES`):
 
