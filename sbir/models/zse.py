@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, zse_loss
+from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, triplet_margin_loss, zse_loss
 from sbir.models import register_method
 from sbir.models.backbones import Backbone
 from sbir.models.base import MODALITIES, RetrievalModel, check_modality
@@ -756,18 +756,19 @@ class ZSESBIR(RetrievalModel):
             sketch_token, photo_token, relation = self._pairs_forward(projected, *_all_pairs(n, device))
             rows = torch.arange(n, device=device) * (2 * n + 1)  # flat index of (sketch i, its positive i)
             on_pairs = torch.cat([rows, rows + n])  # then (sketch i, its negative n + i)
-            sketch_token, photo_token = sketch_token[on_pairs], photo_token[on_pairs]
-            pair_relation, relation = relation[on_pairs], relation.view(n, 2 * n)
+            sketch_token, photo_token, relation = sketch_token[on_pairs], photo_token[on_pairs], relation.view(n, 2 * n)
         else:
             sketch_token, photo_token, pair_relation = self._pairs_forward(
                 projected, torch.arange(n, device=device).repeat(2), torch.arange(2 * n, device=device))
-        total, parts = zse_loss(sketch_token[:n], photo_token[:n], photo_token[n:], pair_relation[:n],
-                                pair_relation[n:], self.margin, self.triplet_weight, self.relation_weight)
         if self.relation_pairs == "batch":
             sketch_labels = sketch_labels.to(device)
             photo_labels = torch.cat([sketch_labels, negative_labels.to(device)])
-            parts["relation"] = balanced_relation_mse_loss(relation, sketch_labels[:, None] == photo_labels[None])
+            parts = {"triplet": triplet_margin_loss(sketch_token[:n], photo_token[:n], photo_token[n:], self.margin),
+                     "relation": balanced_relation_mse_loss(relation, sketch_labels[:, None] == photo_labels[None])}
             total = self.triplet_weight * parts["triplet"] + self.relation_weight * parts["relation"]
+        else:
+            total, parts = zse_loss(sketch_token[:n], photo_token[:n], photo_token[n:], pair_relation[:n],
+                                    pair_relation[n:], self.margin, self.triplet_weight, self.relation_weight)
         if self.distill_weight:
             if self.relation_pairs != "batch":  # the teacher only: no gradient, no graph
                 with torch.no_grad():
