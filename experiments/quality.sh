@@ -3,11 +3,12 @@
 # frozen, linear and zse (token, rerank, relation) on EfficientNet-Lite0 (CPU), split sketchy21.
 #
 #   bash experiments/quality.sh [SKETCHY_MINI_DIR] [WORK_DIR]
-#   ONLY='zse-distill' bash experiments/quality.sh    # only the runs whose name matches this regex
+#   ONLY='zse-(distill|mutual)' bash experiments/quality.sh    # only the runs whose name matches this regex
 #
 # Writes WORK_DIR/results/<run>.json (metrics/eval.json), <run>-retrieval.json (pairs scored, wall time)
 # and WORK_DIR/results/table.md. About 40 min on 2 cores for the first five runs (the feature cache is
-# computed once and shared), about 45 min more for the three zse-distill runs (one training of 600 steps).
+# computed once and shared), about 45 min more for each triple of zse-distill and zse-mutual runs (one training
+# of 600 steps each).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$(cd "${1:-$REPO/../shared/data/sketchy-mini}" && pwd)
@@ -34,4 +35,7 @@ run zse-relation model.method=zse "${ZSE[@]}" retrieval.mode=relation
 run zse-distill-token model.method=zse "${ZSE_DISTILL[@]}" retrieval.mode=token
 run zse-distill-rerank model.method=zse "${ZSE_DISTILL[@]}" retrieval.mode=rerank retrieval.top_k=13
 run zse-distill-relation model.method=zse "${ZSE_DISTILL[@]}" retrieval.mode=relation
+run zse-mutual-token model.method=zse "${ZSE_MUTUAL[@]}" retrieval.mode=token
+run zse-mutual-rerank model.method=zse "${ZSE_MUTUAL[@]}" retrieval.mode=rerank retrieval.top_k=13
+run zse-mutual-relation model.method=zse "${ZSE_MUTUAL[@]}" retrieval.mode=relation
 python "$REPO/experiments/table.py" results | tee results/table.md

@@ -16,3 +16,6 @@ ZSE=(train.steps=150 train.batch_size=16 train.lr=0.0003 train.eval_every=50 tra
 # (the dvc exp run selected step 500, val mAP@all 0.358).
 ZSE_DISTILL=(train.steps=600 train.batch_size=16 train.lr=0.0003 train.eval_every=50 train.checkpoint_every=50
   model.options.zse.relation_pairs=batch model.options.zse.distill_weight=1.0)
+# zse-mutual: zse-distill plus the reverse term (mutual_weight=1: the relation network also learns the token's
+# ranking, deep mutual learning's symmetric weights; chosen a priori, not swept), the same 600 steps.
+ZSE_MUTUAL=("${ZSE_DISTILL[@]}" model.options.zse.mutual_weight=1.0)

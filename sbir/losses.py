@@ -104,20 +104,23 @@ def balanced_relation_mse_loss(scores: Tensor, same: Tensor, positive_target: fl
     return torch.stack(terms).mean()
 
 
-def ranking_distillation_loss(student_scores: Tensor, teacher_logits: Tensor, temperature: float = 0.1) -> Tensor:
-    """``mean_i KL(softmax(teacher_i) || softmax(student_i / temperature))`` over the rows ``i``.
+def ranking_distillation_loss(student_scores: Tensor, teacher_logits: Tensor, temperature: float = 0.1,
+                              teacher_temperature: float = 1.0) -> Tensor:
+    """``mean_i KL(softmax(teacher_i / teacher_temperature) || softmax(student_i / temperature))`` over rows ``i``.
 
-    Row ``i`` ranks the photos of a batch for sketch ``i``: ``student_scores`` ``[B, P]`` are token cosines,
-    ``teacher_logits`` ``[B, P]`` the relation network's pre-sigmoid scores (``logit(relation)``), detached
-    here so that the relation network is not pulled toward the token. It trains the token embedding to
-    order photos as the relation network does, which is what the ``rerank`` shortlist needs.
+    Row ``i`` ranks the photos of a batch for sketch ``i``. In ``zse``'s distillation ``student_scores``
+    ``[B, P]`` are token cosines and ``teacher_logits`` ``[B, P]`` the relation network's pre-sigmoid scores
+    (``logit(relation)``): it trains the token embedding to order photos as the relation network does, which is
+    what the ``rerank`` shortlist needs. Its mutual term swaps them (the relation logits learn the cosines'
+    ranking: ``temperature=1``, ``teacher_temperature`` the cosines'). The teacher is detached here, so each
+    call trains the student only.
     """
     if student_scores.shape != teacher_logits.shape or student_scores.ndim != 2:
         raise ValueError(f"student {tuple(student_scores.shape)} and teacher {tuple(teacher_logits.shape)} must be "
                          "matching [queries, photos] matrices")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    teacher = teacher_logits.detach().float().log_softmax(dim=1)
+    if temperature <= 0 or teacher_temperature <= 0:
+        raise ValueError(f"temperatures must be > 0, got {temperature} and {teacher_temperature}")
+    teacher = (teacher_logits.detach().float() / teacher_temperature).log_softmax(dim=1)
     student = (student_scores.float() / temperature).log_softmax(dim=1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 

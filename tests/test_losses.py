@@ -113,6 +113,19 @@ def test_ranking_distillation_by_hand():
         ranking_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="temperature"):
         ranking_distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), temperature=0)
+    with pytest.raises(ValueError, match="temperature"):
+        ranking_distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), teacher_temperature=0)
+
+
+def test_ranking_distillation_teacher_temperature_by_hand():
+    # the mutual term: teacher cosines (0, 0.1 ln 3) / 0.1 -> p = (1/4, 3/4); student logits (ln 3, 0) at T = 1
+    # -> q = (3/4, 1/4); KL(p || q) = 1/4 ln(1/3) + 3/4 ln 3 = 1/2 ln 3
+    teacher = torch.tensor([[0.0, 0.1 * math.log(3.0)]])
+    student = torch.tensor([[math.log(3.0), 0.0]], requires_grad=True)
+    loss = ranking_distillation_loss(student, teacher, temperature=1.0, teacher_temperature=0.1)
+    assert loss.item() == pytest.approx(0.5 * math.log(3.0), abs=1e-6)
+    loss.backward()  # d/ds_j = q_j - p_j
+    assert torch.allclose(student.grad, torch.tensor([[0.5, -0.5]]), atol=1e-6)
 
 
 def test_zse_total_by_hand():

@@ -91,11 +91,11 @@ def test_sbir_train_twice_gives_the_same_weights(shards, tmp_path):
 
 def test_sbir_train_with_batch_relation_pairs_and_distillation(shards, tmp_path):
     """The training loop hands the class labels to the loss (relation_pairs=batch needs them) and logs the
-    distillation term; two runs give the same weights; the options reach model.json, so the trained folder
+    distillation terms; two runs give the same weights; the options reach model.json, so the trained folder
     rebuilds the same model."""
     out = tmp_path / "distilled"
     options = ("--option", "relation_pairs=batch", "--option", "distill_weight=1.0", "--option",
-               "distill_temperature=0.2")
+               "distill_temperature=0.2", "--option", "mutual_weight=0.5")
     for folder in (out, tmp_path / "again"):
         result = _train(shards, folder, tmp_path / "features", *options)
         assert result.exit_code == 0, result.output
@@ -104,11 +104,12 @@ def test_sbir_train_with_batch_relation_pairs_and_distillation(shards, tmp_path)
     info = read_description(out)
     assert info["options"]["relation_pairs"] == "batch" and info["options"]["distill_weight"] == 1.0
     logged = json.loads((tmp_path / "distilled-log" / "metrics.json").read_text())
-    assert logged["train"]["distill"] > 0 and logged["train"]["relation"] > 0
+    assert logged["train"]["distill"] > 0 and logged["train"]["mutual"] > 0 and logged["train"]["relation"] > 0
     from sbir.checkpoint import load_model
 
     model = load_model(out, device="cpu")
     assert model.relation_pairs == "batch" and model.distill_weight == 1.0 and model.distill_temperature == 0.2
+    assert model.mutual_weight == 0.5
 
 
 def test_feature_cache_of_another_backbone_is_refused(shards, tmp_path):

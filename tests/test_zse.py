@@ -351,6 +351,52 @@ def test_distillation_trains_the_token_path_only_and_brings_the_rankings_togethe
     assert divergence() < 0.5 * before
 
 
+def test_mutual_term_trains_the_relation_network_on_the_token_ranking():
+    """The reverse term: the KL from the token cosines' ranking (detached) to the relation logits', the
+    gradient reaching the relation network only; trained on it alone, the relation network comes to order
+    held-out photos as the (fixed) token path does."""
+    model = head_only(mutual_weight=1.0, distill_temperature=0.2, triplet_weight=0.0, relation_weight=0.0,
+                      dropout=0.0)
+    generator = torch.Generator().manual_seed(0)
+    sketch, positive, negative = (torch.randn(4, 49, 16, generator=generator) for _ in range(3))
+    total, parts = model.loss(sketch, positive, negative)
+    photos = torch.cat([positive, negative])
+    with torch.no_grad():  # the teacher, a constant
+        cosine = model.embed(sketch, "sketch") @ model.embed(photos, "photo").T
+    expected = ranking_distillation_loss(torch.logit(_every_pair(model, sketch, photos)), cosine, 1.0,
+                                         teacher_temperature=0.2)
+    assert set(parts) == {"triplet", "relation", "mutual"}
+    assert parts["mutual"] == pytest.approx(expected.item(), rel=1e-4)
+    assert total.item() == pytest.approx(parts["mutual"], rel=1e-5)  # the other weights are 0
+    # the same gradient as the KL with the cosines held constant: none flows through the teacher
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(total, trainable, allow_unused=True)
+    want = torch.autograd.grad(expected, trainable, allow_unused=True)
+    zero = torch.zeros(())
+    assert all(torch.allclose(zero if g is None else g, zero if w is None else w, atol=1e-6, rtol=1e-4)
+               for g, w in zip(got, want))
+    grads = {id(p): g for p, g in zip(trainable, got)}
+    assert grads[id(model.relation_network.mlp[0].weight)].abs().sum() > 0
+
+    held_out = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
+
+    def divergence() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = model.loss(*held_out)[1]["mutual"]
+        model.train()
+        return value
+
+    before = divergence()
+    optimizer = torch.optim.Adam(model.relation_network.parameters(), lr=1e-2)  # the token path stays fixed
+    for _ in range(60):
+        batch = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
+        optimizer.zero_grad()
+        model.loss(*batch)[0].backward()
+        optimizer.step()
+    assert divergence() < 0.5 * before
+
+
 def test_bad_loss_options_are_refused():
     with pytest.raises(ValueError, match="relation_pairs"):
         head_only(relation_pairs="all")
@@ -358,6 +404,8 @@ def test_bad_loss_options_are_refused():
         head_only(distill_weight=-1.0)
     with pytest.raises(ValueError, match="distill"):
         head_only(distill_temperature=0.0)
+    with pytest.raises(ValueError, match="mutual_weight"):
+        head_only(mutual_weight=-0.5)
 
 
 def test_token_selection_keeps_the_top_tokens_by_cls_attention():

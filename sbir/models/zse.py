@@ -495,6 +495,8 @@ class ZSESBIR(RetrievalModel):
             category-level training). Not in the paper or the released code; default the reference.
         distill_weight, distill_temperature: weight (default 0: off, the reference) and student temperature
             of the ranking distillation from the relation network to the token embedding (below).
+        mutual_weight: weight of its reverse term, the relation network learning the token's ranking (default
+            0: off; below).
         pair_chunk: pairs scored at once (memory ~ pair_chunk x tokens x (width + ffn_dim) floats).
 
     Ranking distillation (DEVIATION, not in the paper or the released code; off by default): ``rerank``
@@ -505,6 +507,15 @@ class ZSESBIR(RetrievalModel):
     ``distill_temperature``) to the softmax of the relation logits. The relation network learns from its
     own loss only. It costs a relation forward over ``B x 2B`` pairs per step (with ``relation_pairs="batch"``
     that forward is the relation loss's own).
+
+    Mutual distillation (DEVIATION, same status; ``mutual_weight > 0``, off by default): the reverse term as
+    in deep mutual learning (Zhang et al., CVPR 2018), ``mutual_weight ·`` KL from the softmax of the token
+    cosines / ``distill_temperature`` (detached) to the softmax of the relation logits over the same photos.
+    The relation network then also learns the token's ranking of the batch. On the unseen classes the token
+    ranks better than the relation network trained on its own loss (as in the paper's published numbers),
+    and a shortlist's rerank stays close to the token, so this is the term that can bring exhaustive
+    ``relation`` and ``rerank`` together. With ``relation_pairs="reference"`` it scores the ``B x 2B`` pairs
+    with gradient.
     """
 
     supports_pairs = True
@@ -516,7 +527,7 @@ class ZSESBIR(RetrievalModel):
                  anchor_dim: int = 512, anchor_kernel: int | None = None, dropout: float = 0.1,
                  margin: float = 1.0, triplet_weight: float = 2.0, relation_weight: float = 4.0,
                  relation_pairs: RelationPairs = "reference", distill_weight: float = 0.0,
-                 distill_temperature: float = 0.1, pair_chunk: int = 64):
+                 distill_temperature: float = 0.1, mutual_weight: float = 0.0, pair_chunk: int = 64):
         super().__init__(backbone)
         self.head_only = head_only
         self.tokenizer: Tokenizer | None = None
@@ -555,11 +566,12 @@ class ZSESBIR(RetrievalModel):
         self.margin, self.triplet_weight, self.relation_weight = margin, triplet_weight, relation_weight
         if relation_pairs not in ("reference", "batch"):
             raise ValueError(f"relation_pairs must be 'reference' or 'batch', got {relation_pairs!r}")
-        if distill_weight < 0 or distill_temperature <= 0:
-            raise ValueError(f"distill_weight must be >= 0 and distill_temperature > 0, got {distill_weight} and "
-                             f"{distill_temperature}")
+        if distill_weight < 0 or mutual_weight < 0 or distill_temperature <= 0:
+            raise ValueError(f"distill_weight and mutual_weight must be >= 0 and distill_temperature > 0, got "
+                             f"{distill_weight}, {mutual_weight} and {distill_temperature}")
         self.relation_pairs = relation_pairs
         self.distill_weight, self.distill_temperature = float(distill_weight), float(distill_temperature)
+        self.mutual_weight = float(mutual_weight)
         self.pair_chunk = pair_chunk
 
     @property
@@ -738,10 +750,10 @@ class ZSESBIR(RetrievalModel):
         (:func:`~sbir.losses.balanced_relation_mse_loss`, pairs labelled by class: needs ``sketch_labels`` and
         ``negative_labels``), and ``distill_weight > 0`` adds ``distill_weight ·``
         :func:`~sbir.losses.ranking_distillation_loss` of the token cosines to the relation scores over the
-        batch's photos (see the class docstring).
+        batch's photos, and ``mutual_weight > 0`` its reverse term (see the class docstring).
 
         The sketches are encoded and projected once for all of their pairs. Returns the total and the
-        unweighted terms ``triplet``, ``relation`` (and ``distill``).
+        unweighted terms ``triplet``, ``relation`` (and ``distill``, ``mutual``).
         """
         if self.relation_pairs == "batch" and (sketch_labels is None or negative_labels is None):
             raise ValueError("relation_pairs='batch' labels the batch's pairs by class: give sketch_labels and "
@@ -769,14 +781,19 @@ class ZSESBIR(RetrievalModel):
         else:
             total, parts = zse_loss(sketch_token[:n], photo_token[:n], photo_token[n:], pair_relation[:n],
                                     pair_relation[n:], self.margin, self.triplet_weight, self.relation_weight)
-        if self.distill_weight:
-            if self.relation_pairs != "batch":  # the teacher only: no gradient, no graph
-                with torch.no_grad():
+        if self.distill_weight or self.mutual_weight:
+            if self.relation_pairs != "batch":  # a graph only where the relation network learns from the token
+                with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.mutual_weight)):
                     relation = self._pairs_forward(projected, *_all_pairs(n, device))[2].view(n, 2 * n)
-            student = self.embed_tokens(sketch_tokens, "sketch") @ self.embed_tokens(photo_tokens, "photo").T
-            parts["distill"] = ranking_distillation_loss(student, torch.logit(relation.float(), eps=1e-6),
-                                                         self.distill_temperature)
-            total = total + self.distill_weight * parts["distill"]
+            cosine = self.embed_tokens(sketch_tokens, "sketch") @ self.embed_tokens(photo_tokens, "photo").T
+            logits = torch.logit(relation.float(), eps=1e-6)
+            if self.distill_weight:
+                parts["distill"] = ranking_distillation_loss(cosine, logits, self.distill_temperature)
+                total = total + self.distill_weight * parts["distill"]
+            if self.mutual_weight:
+                parts["mutual"] = ranking_distillation_loss(logits, cosine, 1.0,
+                                                            teacher_temperature=self.distill_temperature)
+                total = total + self.mutual_weight * parts["mutual"]
         return total, {name: float(value.detach()) for name, value in parts.items()}
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -788,7 +805,7 @@ class ZSESBIR(RetrievalModel):
     def extra_repr(self) -> str:
         return (f"head_only={self.head_only}, tokenizer={self.tokenizer_use!r}, keep_rates={self.keep_rates}, "
                 f"token_source={self.token_source!r}, grid={self.grid}, relation_pairs={self.relation_pairs!r}, "
-                f"distill_weight={self.distill_weight}")
+                f"distill_weight={self.distill_weight}, mutual_weight={self.mutual_weight}")
 
 
 def _all_pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
