@@ -8,7 +8,8 @@ by default) and exhaustive ``relation``.
 It evaluates the unseen test classes at every checkpoint, so it is a diagnostic only: nothing here
 selects a model or a setting (``--no-test`` prints the val figures alone). It shows how the
 rerank-relation gap follows the token-relation gap, and what the loss options of the model
-(``--option relation_pairs=batch --option distill_weight=1``, see ``sbir.models.zse``) do to it.
+(``--option relation_pairs=batch --option distill_weight=1``, and ``--option mutual_weight=1`` for the
+reverse term; see ``sbir.models.zse``) do to it.
 
 Usage (the folders of a ``dvc repro`` on sketchy-mini / sketchy21, see experiments/quality.sh):
     python experiments/rerank_gap.py data/shards data/features --steps 300
