@@ -504,18 +504,18 @@ class ZSESBIR(RetrievalModel):
     the token embedding orders photos as the relation network does. With ``distill_weight > 0`` each step
     also scores every sketch x photo pair of the batch with the relation network (the teacher, detached) and
     adds the KL divergence of the token cosines' softmax over those photos (divided by
-    ``distill_temperature``) to the softmax of the relation logits. The relation network learns from its
-    own loss only. It costs a relation forward over ``B x 2B`` pairs per step (with ``relation_pairs="batch"``
-    that forward is the relation loss's own).
+    ``distill_temperature``) to the softmax of the relation logits. Unless ``mutual_weight > 0``, the
+    relation network learns from its own loss only. It costs a relation forward over ``B x 2B`` pairs per step
+    (with ``relation_pairs="batch"`` that forward is the relation loss's own).
 
     Mutual distillation (DEVIATION, same status; ``mutual_weight > 0``, off by default): the reverse term as
     in deep mutual learning (Zhang et al., CVPR 2018), ``mutual_weight ·`` KL from the softmax of the token
     cosines / ``distill_temperature`` (detached) to the softmax of the relation logits over the same photos.
-    The relation network then also learns the token's ranking of the batch. On the unseen classes the token
-    ranks better than the relation network trained on its own loss (as in the paper's published numbers),
-    and a shortlist's rerank stays close to the token, so this is the term that can bring exhaustive
-    ``relation`` and ``rerank`` together. With ``relation_pairs="reference"`` it scores the ``B x 2B`` pairs
-    with gradient.
+    The relation network then also learns the token's ranking of the batch. A 20x-cheaper ``rerank`` stays
+    close to the token's ranking, so its gap to exhaustive ``relation`` is the two heads' difference: the
+    forward term pulls the token toward the relation network, this one the relation network toward the
+    token (the README's quality table measures both). With ``relation_pairs="reference"`` it scores the
+    ``B x 2B`` pairs with gradient.
     """
 
     supports_pairs = True
