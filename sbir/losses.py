@@ -11,8 +11,9 @@ loss is the mean over the batch. ``[x]_+ = max(x, 0)``.
 - :func:`zse_loss` — the ZSE-SBIR total ``2 · triplet(margin 1, L2) + 4 · MSE(relation)``.
 - :func:`balanced_relation_mse_loss` — (not in the reference) the relation MSE over every sketch x photo
   pair of a batch, positive and negative pairs averaged separately.
-- :func:`ranking_distillation_loss` — (not in the reference) KL divergence from the relation network's
-  ranking of a batch's photos (teacher, no gradient) to the token cosine's ranking (student).
+- :func:`ranking_distillation_loss` — (not in the reference) KL divergence from a teacher's ranking of a
+  batch's photos (no gradient) to a student's: the relation network's to the token cosine's, and for
+  ``zse``'s mutual term the other way round.
 """
 
 from __future__ import annotations

@@ -332,23 +332,32 @@ def test_distillation_trains_the_token_path_only_and_brings_the_rankings_togethe
     assert model.cross_attention.branches["sketch"].query.weight.grad.abs().sum() > 0
     assert model.token_head.cls_projection.weight.grad.abs().sum() > 0
 
+    before, after = _held_out_term_before_and_after_training(
+        model, "distill", [p for p in model.parameters() if p.requires_grad], 3e-3, 40, generator)
+    assert after < 0.5 * before
+
+
+def _held_out_term_before_and_after_training(model: ZSESBIR, term: str, parameters, lr: float, steps: int,
+                                             generator: torch.Generator) -> tuple[float, float]:
+    """The loss term ``term`` on held-out random batches before and after ``steps`` Adam steps of the model's
+    loss on fresh random batches, training ``parameters`` only."""
     held_out = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
 
-    def divergence() -> float:
+    def value() -> float:
         model.eval()
         with torch.no_grad():
-            value = model.loss(*held_out)[1]["distill"]
+            result = model.loss(*held_out)[1][term]
         model.train()
-        return value
+        return result
 
-    before = divergence()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(40):
+    before = value()
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    for _ in range(steps):
         batch = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
         optimizer.zero_grad()
         model.loss(*batch)[0].backward()
         optimizer.step()
-    assert divergence() < 0.5 * before
+    return before, value()
 
 
 def test_mutual_term_trains_the_relation_network_on_the_token_ranking():
@@ -378,23 +387,9 @@ def test_mutual_term_trains_the_relation_network_on_the_token_ranking():
     grads = {id(p): g for p, g in zip(trainable, got)}
     assert grads[id(model.relation_network.mlp[0].weight)].abs().sum() > 0
 
-    held_out = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
-
-    def divergence() -> float:
-        model.eval()
-        with torch.no_grad():
-            value = model.loss(*held_out)[1]["mutual"]
-        model.train()
-        return value
-
-    before = divergence()
-    optimizer = torch.optim.Adam(model.relation_network.parameters(), lr=1e-2)  # the token path stays fixed
-    for _ in range(60):
-        batch = [torch.randn(8, 49, 16, generator=generator) for _ in range(3)]
-        optimizer.zero_grad()
-        model.loss(*batch)[0].backward()
-        optimizer.step()
-    assert divergence() < 0.5 * before
+    before, after = _held_out_term_before_and_after_training(  # the token path stays fixed
+        model, "mutual", model.relation_network.parameters(), 1e-2, 60, generator)
+    assert after < 0.5 * before
 
 
 def test_bad_loss_options_are_refused():

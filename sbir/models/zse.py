@@ -44,9 +44,10 @@ positive, positive / negative = the photos' tokens after attending to the sketch
 the negative photo with a second sketch; here with the same sketch, so a step needs one sketch per triplet)
 — plus ``4 · MSE`` of the relation scores against 0.99 / 0.01 (:func:`sbir.losses.zse_loss`). Model
 selection is done by the training loop on a SEEN-class validation split (the released code selects on the
-unseen test classes: not copied). Two options that neither the paper nor the released code has, off by
-default (:class:`ZSESBIR`): ``relation_pairs="batch"`` (the relation MSE over every in-batch pair) and
-``distill_weight`` (the token embedding learns the relation network's ranking, for ``rerank``).
+unseen test classes: not copied). Options that neither the paper nor the released code has, off by
+default (:class:`ZSESBIR`): ``relation_pairs="batch"`` (the relation MSE over every in-batch pair),
+``distill_weight`` (the token embedding learns the relation network's ranking, for ``rerank``) and
+``mutual_weight`` (the reverse: the relation network learns the token's ranking).
 
 Retrieval modes (:data:`RETRIEVAL_MODES`):
 
@@ -769,16 +770,14 @@ class ZSESBIR(RetrievalModel):
             rows = torch.arange(n, device=device) * (2 * n + 1)  # flat index of (sketch i, its positive i)
             on_pairs = torch.cat([rows, rows + n])  # then (sketch i, its negative n + i)
             sketch_token, photo_token, relation = sketch_token[on_pairs], photo_token[on_pairs], relation.view(n, 2 * n)
-        else:
-            sketch_token, photo_token, pair_relation = self._pairs_forward(
-                projected, torch.arange(n, device=device).repeat(2), torch.arange(2 * n, device=device))
-        if self.relation_pairs == "batch":
             sketch_labels = sketch_labels.to(device)
             photo_labels = torch.cat([sketch_labels, negative_labels.to(device)])
             parts = {"triplet": triplet_margin_loss(sketch_token[:n], photo_token[:n], photo_token[n:], self.margin),
                      "relation": balanced_relation_mse_loss(relation, sketch_labels[:, None] == photo_labels[None])}
             total = self.triplet_weight * parts["triplet"] + self.relation_weight * parts["relation"]
         else:
+            sketch_token, photo_token, pair_relation = self._pairs_forward(
+                projected, torch.arange(n, device=device).repeat(2), torch.arange(2 * n, device=device))
             total, parts = zse_loss(sketch_token[:n], photo_token[:n], photo_token[n:], pair_relation[:n],
                                     pair_relation[n:], self.margin, self.triplet_weight, self.relation_weight)
         if self.distill_weight or self.mutual_weight:
