@@ -7,7 +7,7 @@
 #
 # Writes WORK_DIR/results/<run>.json (metrics/eval.json), <run>-retrieval.json (pairs scored, wall time)
 # and WORK_DIR/results/table.md. About 40 min on 2 cores for the first five runs (the feature cache is
-# computed once and shared), about 45 min more for each triple of zse-distill and zse-mutual runs (one training
+# computed once and shared), about 45 min more for each triple of zse-distill, zse-mutual and zse-mutual05 runs (one training
 # of 600 steps each).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,4 +38,7 @@ run zse-distill-relation model.method=zse "${ZSE_DISTILL[@]}" retrieval.mode=rel
 run zse-mutual-token model.method=zse "${ZSE_MUTUAL[@]}" retrieval.mode=token
 run zse-mutual-rerank model.method=zse "${ZSE_MUTUAL[@]}" retrieval.mode=rerank retrieval.top_k=13
 run zse-mutual-relation model.method=zse "${ZSE_MUTUAL[@]}" retrieval.mode=relation
+run zse-mutual05-token model.method=zse "${ZSE_MUTUAL05[@]}" retrieval.mode=token
+run zse-mutual05-rerank model.method=zse "${ZSE_MUTUAL05[@]}" retrieval.mode=rerank retrieval.top_k=13
+run zse-mutual05-relation model.method=zse "${ZSE_MUTUAL05[@]}" retrieval.mode=relation
 python "$REPO/experiments/table.py" results | tee results/table.md
