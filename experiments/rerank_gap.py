@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)  # as sbir.train does on the CPU: bit-identical reruns
     options = {"width": 256}
     for item in args.option:
         key, _, value = item.partition("=")

@@ -7,7 +7,9 @@ backbone tokens on the CPU path) from the index triplets of :class:`sbir.samplin
 
 What the loop guarantees:
 
-- deterministic on the CPU: batch ``t`` and the torch RNG at step ``t`` are functions of (seed, rank, t);
+- deterministic on the CPU: batch ``t`` and the torch RNG at step ``t`` are functions of (seed, rank, t),
+  and the loop runs with ``torch.use_deterministic_algorithms(True)`` (restored afterwards): without it,
+  ``zse`` with ``relation_pairs=batch`` on 2 threads gave different weights from run to run after 6 steps;
 - checkpoints written atomically (``last.pt``: weights, optimiser, step, best score) every
   ``checkpoint_every`` steps, and resuming after a kill gives the same final weights as an uninterrupted
   run; checkpoints load with ``torch.load(weights_only=True)`` — never executing pickled code — and the
@@ -24,7 +26,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -181,6 +184,21 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+@contextmanager
+def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """torch's deterministic algorithms while the block runs on the CPU (see the module docstring); the previous
+    setting is restored on exit. Not on CUDA, where some kernels have no deterministic version."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 def train(model: nn.Module, data: TrainData, val: TrainData | None, config: TrainConfig, out: Path,
           optimizer_factory: Callable | None = None, device: torch.device | None = None,
           log_dir: Path | None = None, progress: bool = True) -> dict:
@@ -228,42 +246,43 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0,
                file=sys.stderr)
     loss_value = float("nan")
-    while step < config.steps:
-        torch.manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
-        sketches, positives, negatives = sampler.batch(step, config.batch_size)
-        batch = {
-            "sketch": data.fetch("sketch", share[sketches]).to(device),
-            "positive": data.fetch("photo", photo_share[positives]).to(device),
-            "negative": data.fetch("photo", photo_share[negatives]).to(device),
-            "sketch_label": torch.as_tensor(np.asarray(data.labels["sketch"])[share[sketches]], device=device),
-            "negative_label": torch.as_tensor(np.asarray(data.labels["photo"])[photo_share[negatives]],
-                                              device=device),
-        }
-        with _autocast(device):
-            loss, parts = wrapped(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_value = float(loss.detach())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        if live is not None:
-            live.log_metric("train/loss", loss_value)
-            for name, value in parts.items():
-                live.log_metric(f"train/{name}", float(value))
-        if val is not None and (step % config.eval_every == 0 or step == config.steps):
-            score = validate(model, val, device)["map_all"]
+    with deterministic_on_cpu(device):
+        while step < config.steps:
+            torch.manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
+            sketches, positives, negatives = sampler.batch(step, config.batch_size)
+            batch = {
+                "sketch": data.fetch("sketch", share[sketches]).to(device),
+                "positive": data.fetch("photo", photo_share[positives]).to(device),
+                "negative": data.fetch("photo", photo_share[negatives]).to(device),
+                "sketch_label": torch.as_tensor(np.asarray(data.labels["sketch"])[share[sketches]], device=device),
+                "negative_label": torch.as_tensor(np.asarray(data.labels["photo"])[photo_share[negatives]],
+                                                  device=device),
+            }
+            with _autocast(device):
+                loss, parts = wrapped(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_value = float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
             if live is not None:
-                live.log_metric("val/map_all", score)
-            if score > best:
-                best, best_step = score, step
-                if rank == 0:
-                    save_weights(out / "model.safetensors", model)
-        if live is not None:
-            live.next_step()
-        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
-            save_checkpoint(checkpoint, model, optimizer, step, best, best_step, config)
+                live.log_metric("train/loss", loss_value)
+                for name, value in parts.items():
+                    live.log_metric(f"train/{name}", float(value))
+            if val is not None and (step % config.eval_every == 0 or step == config.steps):
+                score = validate(model, val, device)["map_all"]
+                if live is not None:
+                    live.log_metric("val/map_all", score)
+                if score > best:
+                    best, best_step = score, step
+                    if rank == 0:
+                        save_weights(out / "model.safetensors", model)
+            if live is not None:
+                live.next_step()
+            if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
+                save_checkpoint(checkpoint, model, optimizer, step, best, best_step, config)
     bar.close()
     if live is not None:
         live.end()

@@ -88,6 +88,26 @@ def test_training_lowers_loss_and_improves_val(tmp_path):
     assert validate(reloaded, toy_data(1), torch.device("cpu"))["map_all"] == pytest.approx(summary["best_val_map_all"])
 
 
+def test_training_runs_with_deterministic_algorithms_on_cpu(tmp_path):
+    from sbir.train import deterministic_on_cpu
+
+    model, seen = ToyModel(), []
+    forward = model.forward
+
+    def watched_forward(batch):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return forward(batch)
+
+    model.forward = watched_forward
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(model, toy_data(0), None, TrainConfig(steps=3, batch_size=8), tmp_path, progress=False)
+    assert seen == [True, True, True]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored
+    with pytest.raises(RuntimeError), deterministic_on_cpu(torch.device("cpu")):
+        raise RuntimeError("restored on errors too")
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def _batch(model):
     data = toy_data(0)
     idx = np.arange(32)
