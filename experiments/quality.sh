@@ -7,8 +7,8 @@
 #
 # Writes WORK_DIR/results/<run>.json (metrics/eval.json), <run>-retrieval.json (pairs scored, wall time)
 # and WORK_DIR/results/table.md. About 40 min on 2 cores for the first five runs (the feature cache is
-# computed once and shared), about 45 min more for each triple of zse-distill, zse-mutual and zse-mutual05 runs (one training
-# of 600 steps each).
+# computed once and shared), about 45 min more for each triple of zse-distill, zse-mutual and zse-mutual05
+# runs (one training of 600 steps each).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$(cd "${1:-$REPO/../shared/data/sketchy-mini}" && pwd)
