@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from sbir.archives import extract
+from sbir.atomic import atomic_write_text
 from sbir.datasets import Dataset
 from sbir.download import fetch_source
 from sbir.errors import SbirError
@@ -52,9 +53,7 @@ def resolve_raw(raw: Path) -> Path:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(content, indent=1, sort_keys=True) + "\n")
 
 
 def _is_complete(out: Path, expected: dict) -> bool:

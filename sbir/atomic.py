@@ -1,4 +1,4 @@
-"""Writing a whole output folder so that it appears complete or not at all."""
+"""Writing a file or a whole output folder so that it appears complete or not at all."""
 
 from __future__ import annotations
 
@@ -7,6 +7,18 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and one rename."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sbir.atomic import atomic_write_text
 from sbir.errors import SbirError
 
 DESCRIPTION = "model.json"
@@ -44,10 +45,7 @@ def description(model_params: dict, index: dict | None = None, **extra) -> dict:
 
 
 def write_description(folder: Path, info: dict) -> None:
-    path = Path(folder) / DESCRIPTION
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(Path(folder) / DESCRIPTION, json.dumps(info, indent=1) + "\n")
 
 
 def read_description(folder: Path) -> dict:

@@ -16,7 +16,9 @@ What the loop guarantees:
   selected model is saved as ``model.safetensors``;
 - model selection on the SEEN-class validation split (mAP@all of val sketches against val photos);
   the released ZSE-SBIR code selects on the unseen test classes — deliberately not copied;
-- losses and validation metrics logged with DVCLive (``dvc plots show`` draws the curves);
+- losses and validation metrics logged with DVCLive (``dvc plots show`` draws the curves), against the
+  number of steps trained (the step of ``best_step`` and the checkpoints); a resumed run first drops the
+  rows its killed predecessor logged after the checkpoint, so its curves equal an uninterrupted run's;
 - bf16 autocast on CUDA; several processes through ``torchrun`` (DistributedDataParallel; each rank
   samples from its own share of the training data, gloo on CPU, nccl on GPU).
 """
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sbir.atomic import atomic_write_text
 from sbir.embed import default_device
 from sbir.metrics import evaluate_embeddings
 from sbir.sampling import PairSampler
@@ -237,6 +240,8 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
     if log_dir is not None and rank == 0:
         from dvclive import Live
 
+        if state is not None:
+            _forget_logged_after(Path(log_dir), step)
         live = Live(str(log_dir), resume=state is not None, save_dvc_exp=False, dvcyaml=None)
     wrapped = model
     if world > 1:
@@ -268,6 +273,7 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if live is not None:
+                live.step = step  # the x axis of the curves: steps trained, as in best_step and checkpoints
                 live.log_metric("train/loss", loss_value)
                 for name, value in parts.items():
                     live.log_metric(f"train/{name}", float(value))
@@ -292,6 +298,24 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
         torch.distributed.barrier()
     return {"steps": step, "best_val_map_all": best if best > -math.inf else None, "best_step": best_step,
             "last_loss": loss_value, "config": asdict(config)}
+
+
+def _forget_logged_after(log_dir: Path, step: int) -> None:
+    """Drop the rows of DVCLive's metric histories (``plots/metrics/**.tsv``) logged after ``step``.
+
+    A run killed between two checkpoints has logged steps that its resumed run trains (and logs) again;
+    without this, each such step would have two rows and the curves would double back. Each file is
+    rewritten atomically.
+    """
+    for history in sorted((log_dir / "plots" / "metrics").rglob("*.tsv")):
+        lines = history.read_text(encoding="utf-8").splitlines(keepends=True)
+        if not lines:
+            continue
+        header, rows = lines[0], lines[1:]
+        column = header.rstrip("\n").split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[column]) <= step]
+        if len(kept) != len(rows):
+            atomic_write_text(history, header + "".join(kept))
 
 
 def _subset(values, indices: np.ndarray):

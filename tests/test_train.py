@@ -118,7 +118,7 @@ def _batch(model):
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
     config = TrainConfig(steps=40, batch_size=16, lr=1e-2, eval_every=10, checkpoint_every=10)
     straight = ToyModel()
-    train(straight, toy_data(0), toy_data(1), config, tmp_path / "a", progress=False)
+    train(straight, toy_data(0), toy_data(1), config, tmp_path / "a", log_dir=tmp_path / "a-log", progress=False)
 
     class Killed(Exception):
         pass
@@ -135,13 +135,27 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
 
     interrupted.forward = dying_forward
     with pytest.raises(Killed):
-        train(interrupted, toy_data(0), toy_data(1), config, tmp_path / "b", progress=False)
+        train(interrupted, toy_data(0), toy_data(1), config, tmp_path / "b", log_dir=tmp_path / "b-log",
+              progress=False)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 20
+    killed_log = (tmp_path / "b-log" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert killed_log[0] == "step\tloss" and killed_log[-1].startswith("25\t")  # steps 21-25: logged, lost
     resumed = ToyModel()  # a fresh process: new model, state from the checkpoint
-    train(resumed, toy_data(0), toy_data(1), config, tmp_path / "b", progress=False)
+    train(resumed, toy_data(0), toy_data(1), config, tmp_path / "b", log_dir=tmp_path / "b-log", progress=False)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    # the curves of the resumed run are those of the uninterrupted one: one row per step trained (1-40, the
+    # x axis of best_step and the checkpoints), the steps trained twice logged once
+    for curve in ("train/loss.tsv", "val/map_all.tsv"):
+        straight_rows = (tmp_path / "a-log" / "plots" / "metrics" / curve).read_text().splitlines()
+        assert (tmp_path / "b-log" / "plots" / "metrics" / curve).read_text().splitlines() == straight_rows
+    steps = [int(row.split("\t")[0]) for row in
+             (tmp_path / "a-log" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 41))
+    val_steps = [row.split("\t")[0] for row in
+                 (tmp_path / "a-log" / "plots" / "metrics" / "val" / "map_all.tsv").read_text().splitlines()[1:]]
+    assert val_steps == ["10", "20", "30", "40"]
 
 
 def test_checkpoint_refuses_pickled_code(tmp_path):
