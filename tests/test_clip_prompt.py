@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sbir.errors import SbirError
 from sbir.models import create_model, method_names
 from sbir.models.backbones import ImageConfig, OpenClipBackbone
 from sbir.models.clip_prompt import (
@@ -251,7 +252,7 @@ def test_classifier_chooses_among_seen_classes_only():
 def test_classification_needs_class_texts():
     with pytest.raises(ValueError, match="classification"):
         ClipPrompt(tiny_backbone())
-    with pytest.raises(ValueError, match="open_clip"):
+    with pytest.raises(SbirError, match="open_clip"):
         create_model("clip_prompt", "tf_efficientnet_lite0", random_init=True)
     model = ClipPrompt(tiny_backbone(), loss_weights={"classification": 0})
     assert set(model.loss(make_batch())[1]) == {"triplet"}
@@ -321,7 +322,7 @@ def test_f_divergence_by_hand(divergence, expected):
 def test_unknown_divergence_is_refused():
     with pytest.raises(ValueError, match="divergence"):
         f_divergence_uniformity_loss(torch.rand(4), torch.tensor([0, 0, 1, 1]), "js")
-    with pytest.raises(ValueError, match="divergence"):
+    with pytest.raises(SbirError, match="divergence"):
         make_model(fine_grained=True, divergence="js")
 
 

@@ -37,3 +37,28 @@ def test_frozen_train_stage_writes_what_dvc_yaml_declares(tmp_path, monkeypatch)
     info = read_description(tmp_path / "data" / "model")
     assert info["method"] == "frozen" and info["trained"] is False
     assert not (tmp_path / "data" / "model" / "last.pt").exists()
+
+
+def test_train_stage_refuses_options_that_do_not_fit_in_one_line(tmp_path, monkeypatch, capsys):
+    """params.yaml's zse width (a projection of the cached tokens) does not apply to the full model: switching
+    with -S model.head_only=false alone must say so in one line and exit 2, not end in a traceback."""
+    import pytest
+
+    if str(ROOT) not in sys.path:
+        monkeypatch.syspath_prepend(str(ROOT))
+    from pipeline import train as stage
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(method="zse", head_only=False)
+    assert params["model"]["options"]["zse"]["width"] == 256
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shards = tmp_path / "data" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "index.json").write_text(json.dumps({"classes": ["a"], "seen_classes": ["a"], "unseen_classes": []}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        stage.main()
+    assert exited.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and message.startswith("error: method 'zse' on tf_efficientnet_lite0: width=256")
+    assert "leave width unset" in message

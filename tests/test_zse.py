@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from sbir.errors import SbirError
 from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, zse_loss
 from sbir.models import create_model
 from sbir.models.backbones import Backbone, ImageConfig, TimmViTBackbone, TokenFeatures
@@ -444,7 +445,7 @@ def test_head_only_never_sends_gradient_to_the_frozen_backbone():
     with torch.no_grad():  # images go through the frozen backbone, cached tokens do not
         assert torch.allclose(model.embed(images(2), "photo"), model.embed(cached_tokens(backbone, images(2)),
                                                                             "photo"), atol=1e-5)
-    with pytest.raises(ValueError, match="do not apply"):
+    with pytest.raises(SbirError, match="do not apply"):
         create_model("zse", tiny_vit(), head_only=True, tokenizer="both")
 
 
@@ -463,7 +464,7 @@ def test_head_only_on_cnn_tokens_learns_a_cls_from_the_pooled_feature():
     assert narrow.embed(flat, "sketch").shape == (3, 8) and narrow.embed_dim == 8
     with pytest.raises(ValueError, match="expected tokens"):
         model.tokens(flat[:, :48], "sketch")
-    with pytest.raises(ValueError, match="head_only=True"):
+    with pytest.raises(SbirError, match="head_only=True"):
         create_model("zse", TinyCNN(20))
 
 

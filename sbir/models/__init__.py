@@ -43,7 +43,8 @@ def create_model(method: str, backbone: Backbone | str, weights: Weights = None,
 
     ``seed``: initialise every randomly initialised parameter (heads, prompts, a random-init backbone)
     from this seed, leaving torch's global random state as it was, so that the same seed gives the same
-    starting weights in any process; None draws from the global state.
+    starting weights in any process; None draws from the global state. Options the method does not take,
+    or values it refuses, raise :class:`SbirError`.
     """
     try:
         factory = _METHODS[method]
@@ -59,7 +60,11 @@ def create_model(method: str, backbone: Backbone | str, weights: Weights = None,
             inspect.signature(factory).bind(backbone, **options)
         except TypeError as error:
             raise SbirError(f"method '{method}': bad options {sorted(options)}: {error}") from None
-        return factory(backbone, **options)
+        try:
+            return factory(backbone, **options)
+        except ValueError as error:  # an option value that does not fit this backbone or the other options
+            name = getattr(backbone, "name", "") or type(backbone).__name__
+            raise SbirError(f"method '{method}' on {name}: {error}") from None
 
 
 # Importing the modules registers them.

@@ -544,7 +544,9 @@ class ZSESBIR(RetrievalModel):
             self.tokenizer_use = "none"
         else:
             if width is not None:
-                raise ValueError("width applies to head_only=True only")
+                raise ValueError(f"width={width} applies to head_only=True only (a projection of the cached "
+                                 f"tokens); the full model works at the backbone's token width "
+                                 f"{backbone.token_dim}: leave width unset (null)")
             _check_staged_vit(backbone)
             self.dim = backbone.token_dim
             side = backbone.image_config.size // backbone.patch_size
