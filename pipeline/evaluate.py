@@ -2,14 +2,16 @@
 ``plots/retrieval_grid.png``.
 
 ``retrieval.mode``: ``token`` (cosine of the embeddings, every method), or for ``zse`` ``relation`` (the
-relation network on every sketch x photo pair) and ``rerank`` (relation on the token top-``top_k``
-shortlist only). ``metrics/retrieval.json`` records the mode, the relation pairs scored for the metrics
-and the wall time of scoring them (the retrieval grid's few rows are not counted in either).
+relation network on every sketch x photo pair) and ``rerank`` (relation on the token top-``top_k`` shortlist
+only), on the cached tokens (``model.head_only``) or through the whole model from the images.
+``metrics/retrieval.json`` records the mode, the relation pairs scored for the metrics and the wall time of
+scoring them (the retrieval grid's few rows are not counted in either).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +19,8 @@ import torch
 from pipeline.embed import trained_model
 from pipeline.params import EMBEDDINGS, FEATURES, SHARDS, load
 from sbir.cli import user_errors
+from sbir.embed import pair_features_split
+from sbir.embeddings import read_embeddings
 from sbir.errors import SbirError
 from sbir.evaluate import metrics_table, run_evaluation
 from sbir.features import load_features
@@ -29,19 +33,29 @@ PLOTS = Path("plots")
 
 
 def relation_scores(params: dict, mode: str, top_k: int):
-    model_params = params["model"]
+    """``zse``'s relation scores of the test part: on the cached tokens (``model.head_only``), or from the
+    images through the whole trained model (its pair features computed once per image, like the embeddings:
+    ``embed.*`` params)."""
+    model_params, embed = params["model"], params["embed"]
     if model_params["method"] != "zse":
         raise SbirError(f"retrieval.mode={mode} needs the zse method (got {model_params['method']})")
-    if not uses_feature_cache(model_params):
-        raise SbirError(f"retrieval.mode={mode} is wired for the cached-token (model.head_only) path")
     model = trained_model(params, read_index(SHARDS))
-    part = params["embed"]["part"]
+    part = embed["part"]
     features = {}
-    with torch.inference_mode():
-        for modality in ("sketch", "photo"):
-            tokens = load_features(FEATURES, part, modality).tokens
-            features[modality] = torch.cat([model.pair_features(tokens[i:i + 256].float(), modality)
-                                            for i in range(0, len(tokens), 256)])
+    if uses_feature_cache(model_params):
+        with torch.inference_mode():
+            for modality in ("sketch", "photo"):
+                tokens = load_features(FEATURES, part, modality).tokens
+                features[modality] = torch.cat([model.pair_features(tokens[i:i + 256].float(), modality)
+                                                for i in range(0, len(tokens), 256)])
+    else:
+        computed = pair_features_split(model, SHARDS, part, batch_size=embed["batch_size"], workers=embed["workers"],
+                                       device=embed["device"], threads=embed["threads"] or None,
+                                       progress=sys.stderr.isatty())
+        for modality, (values, keys) in computed.items():
+            if keys != read_embeddings(EMBEDDINGS, modality).keys:
+                raise SbirError(f"{EMBEDDINGS}: its {modality}s are not the {part} part of {SHARDS} (re-run embed)")
+            features[modality] = values
     return model.retrieval_scores(features["sketch"], features["photo"], mode=mode, top_k=top_k)
 
 

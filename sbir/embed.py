@@ -20,7 +20,7 @@ import contextlib
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,15 +141,20 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def embed_shards(model: RetrievalModel, shards: list[tuple[str, Path]], batch_size: int = 64, workers: int = 2,
-                 device: torch.device | str | None = None, threads: int | None = None, total: int | None = None,
-                 progress: bool = True) -> dict[str, Embeddings]:
-    """Embeddings of every sample of ``shards`` (``(modality, path)`` pairs), per modality, in shard order.
+def encode_shards(model: RetrievalModel, shards: list[tuple[str, Path]], encode: Callable | None = None,
+                  batch_size: int = 64, workers: int = 2, device: torch.device | str | None = None,
+                  threads: int | None = None, total: int | None = None, progress: bool = True,
+                  desc: str = "embed") -> dict[str, tuple[np.ndarray | None, list, list, list]]:
+    """``encode(model, images, modality)`` (default: ``model.embed``) of every sample of ``shards``
+    (``(modality, path)`` pairs), per modality, in shard order: ``(array or None if no sample, keys,
+    classes, instances)``. Each batch's output goes to the CPU in the dtype ``encode`` returns (a numpy one:
+    the default returns float32; float16 halves the memory of token maps).
 
     ``workers`` DataLoader worker processes decode (0: decode in this process; each worker uses one
     thread); ``threads`` sets the model's torch threads; ``total`` (samples, for the progress bar) is
     optional.
     """
+    encode = encode or (lambda m, images, modality: m.embed(images, modality).float())
     device = resolve_device(device)
     model = model.to(device, memory_format=torch.channels_last).eval()
     normalise = Normalise(model.image_config, device)
@@ -157,22 +162,61 @@ def embed_shards(model: RetrievalModel, shards: list[tuple[str, Path]], batch_si
                         num_workers=workers, pin_memory=device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     parts: dict[str, list[tuple]] = {m: [] for m in MODALITIES}  # (shard, start, vectors, keys, classes, instances)
-    bar = tqdm(total=total, desc="embed", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr)
     with torch_threads(threads), torch.inference_mode(), autocast, bar:
         for batch in loader:
             images = normalise(batch["images"].to(device, non_blocking=True))
-            vectors = model.embed(images, batch["modality"]).float().cpu().numpy()
+            vectors = encode(model, images, batch["modality"]).cpu().numpy()
             parts[batch["modality"]].append((batch["shard"], batch["start"], vectors, batch["keys"], batch["classes"],
                                              batch["instances"]))
             bar.update(len(vectors))
     result = {}
     for modality, pieces in parts.items():
         pieces.sort(key=lambda piece: piece[:2])
-        vectors = (np.concatenate([p[2] for p in pieces]) if pieces
-                   else np.zeros((0, model.embed_dim), dtype=np.float32))
-        result[modality] = Embeddings(vectors, *([item for piece in pieces for item in piece[column]]
-                                                 for column in (3, 4, 5)))
+        vectors = np.concatenate([p[2] for p in pieces]) if pieces else None
+        result[modality] = (vectors, *([item for piece in pieces for item in piece[column]] for column in (3, 4, 5)))
     return result
+
+
+def embed_shards(model: RetrievalModel, shards: list[tuple[str, Path]], batch_size: int = 64, workers: int = 2,
+                 device: torch.device | str | None = None, threads: int | None = None, total: int | None = None,
+                 progress: bool = True) -> dict[str, Embeddings]:
+    """Embeddings of every sample of ``shards`` (``(modality, path)`` pairs), per modality, in shard order
+    (:func:`encode_shards` with ``model.embed``)."""
+    encoded = encode_shards(model, shards, batch_size=batch_size, workers=workers, device=device, threads=threads,
+                            total=total, progress=progress)
+    return {modality: Embeddings(vectors if vectors is not None else np.zeros((0, model.embed_dim), np.float32),
+                                 keys, classes, instances)
+            for modality, (vectors, keys, classes, instances) in encoded.items()}
+
+
+def _part_shards(shard_folder: Path, part: str) -> tuple[list[tuple[str, Path]], int]:
+    """The ``(modality, shard)`` pairs of one part and their number of samples."""
+    index = read_index(shard_folder)
+    shards = [(modality, path) for modality in MODALITIES for path in shard_paths(shard_folder, part, modality)]
+    if not shards:
+        raise SbirError(f"{shard_folder}: no {part} shards")
+    total = sum(index["shards"][path.relative_to(shard_folder).as_posix()]["samples"] for _, path in shards)
+    return shards, total
+
+
+def pair_features_split(model: RetrievalModel, shard_folder: Path, part: str = "test", batch_size: int = 64,
+                        workers: int = 2, device: torch.device | str | None = None, threads: int | None = None,
+                        progress: bool = True) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """``model.pair_features`` (what a relation network scores, e.g. ``zse``'s ``[1 + h·w, C]`` tokens) of
+    every image of one part, per modality, in the order of :func:`embed_split`: ``(float16 array, keys)``.
+
+    Kept in float16 (the feature cache's precision): a ViT-B/16 image is 197 x 768 values, 0.3 MB.
+    """
+    shards, total = _part_shards(shard_folder, part)
+    encoded = encode_shards(model, shards, lambda m, images, modality: m.pair_features(images, modality).half(),
+                            batch_size=batch_size, workers=workers, device=device, threads=threads, total=total,
+                            progress=progress, desc="pair features")
+    for modality, (features, *_) in encoded.items():
+        if features is None:
+            raise SbirError(f"{shard_folder}: no {modality} samples in the {part} part (a relation mode scores "
+                            f"sketch x photo pairs)")
+    return {modality: (features, keys) for modality, (features, keys, _, _) in encoded.items()}
 
 
 def embed_split(model: RetrievalModel, shard_folder: Path, out: Path, part: str = "test", batch_size: int = 64,
@@ -181,10 +225,7 @@ def embed_split(model: RetrievalModel, shard_folder: Path, out: Path, part: str 
     """Embed the sketches and photos of one part (``test`` by default) of a sharded dataset into ``out``
     (see ``sbir.embeddings`` for the layout); return the ``info.json`` written (``info`` merged in)."""
     index = read_index(shard_folder)
-    shards = [(modality, path) for modality in MODALITIES for path in shard_paths(shard_folder, part, modality)]
-    if not shards:
-        raise SbirError(f"{shard_folder}: no {part} shards")
-    total = sum(index["shards"][path.relative_to(shard_folder).as_posix()]["samples"] for _, path in shards)
+    shards, total = _part_shards(shard_folder, part)
     embeddings = embed_shards(model, shards, batch_size=batch_size, workers=workers, device=device,
                               threads=threads, total=total, progress=progress)
     if not any(len(embeddings[modality]) for modality in MODALITIES):
