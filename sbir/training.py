@@ -43,6 +43,9 @@ def check_feature_cache(features: Path, model_params: dict) -> None:
     if not info_path.is_file():
         raise SbirError(f"{features}: no feature cache (info.json missing; run the 'features' stage)")
     info = json.loads(info_path.read_text())
+    if info.get("skipped"):
+        raise SbirError(f"{features}: no feature cache ({info['skipped']}); the heads-only path needs one "
+                        f"(model.head_only: true)")
     wanted = (model_params["backbone"], model_params.get("weights") or None)
     found = (info.get("backbone"), info.get("weights") or None)
     if found != wanted:

@@ -1,4 +1,4 @@
-"""The train stage (``python -m pipeline.train``) for a method that trains nothing."""
+"""The train and features stages (``python -m pipeline.train`` / ``pipeline.features``) in tiny projects."""
 
 from __future__ import annotations
 
@@ -62,3 +62,32 @@ def test_train_stage_refuses_options_that_do_not_fit_in_one_line(tmp_path, monke
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and message.startswith("error: method 'zse' on tf_efficientnet_lite0: width=256")
     assert "leave width unset" in message
+
+
+def test_features_stage_makes_no_cache_when_nothing_reads_it(tmp_path, monkeypatch):
+    """model.head_only: false (the whole model runs its backbone on the images): the features stage writes only
+    an info.json saying so (not 197 x 768 tokens per image for a ViT-B/16), without building the backbone,
+    and the heads-only path refuses that folder in one line."""
+    import pytest
+
+    from sbir.errors import SbirError
+    from sbir.training import check_feature_cache
+
+    if str(ROOT) not in sys.path:
+        monkeypatch.syspath_prepend(str(ROOT))
+    from pipeline import features as stage
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(method="zse", head_only=False, backbone="vit_base_patch16_224",
+                           weights=str(tmp_path / "no-such-weights.safetensors"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data" / "features").mkdir(parents=True)
+    (tmp_path / "data" / "features" / "train-sketch.safetensors").write_bytes(b"an earlier cache")
+    monkeypatch.chdir(tmp_path)
+    stage.main()  # the weights file does not exist: the backbone is never built
+    features = tmp_path / "data" / "features"
+    assert [p.name for p in features.iterdir()] == ["info.json"]
+    info = json.loads((features / "info.json").read_text())
+    assert info["backbone"] == "vit_base_patch16_224" and "head_only is false" in info["skipped"]
+    with pytest.raises(SbirError, match="no feature cache \\(model.head_only is false"):
+        check_feature_cache(features, {**params["model"], "head_only": True})
