@@ -19,10 +19,8 @@ import torch
 from pipeline.embed import trained_model
 from pipeline.params import EMBEDDINGS, FEATURES, SHARDS, load
 from sbir.cli import user_errors
-from sbir.embed import pair_features_split
-from sbir.embeddings import read_embeddings
 from sbir.errors import SbirError
-from sbir.evaluate import metrics_table, run_evaluation
+from sbir.evaluate import metrics_table, model_scores, run_evaluation
 from sbir.features import load_features
 from sbir.shards import read_index
 from sbir.training import uses_feature_cache
@@ -40,22 +38,16 @@ def relation_scores(params: dict, mode: str, top_k: int):
     if model_params["method"] != "zse":
         raise SbirError(f"retrieval.mode={mode} needs the zse method (got {model_params['method']})")
     model = trained_model(params, read_index(SHARDS))
-    part = embed["part"]
+    if not uses_feature_cache(model_params):
+        return model_scores(model, mode, top_k, EMBEDDINGS, SHARDS, batch_size=embed["batch_size"],
+                            workers=embed["workers"], device=embed["device"], threads=embed["threads"] or None,
+                            progress=sys.stderr.isatty())
     features = {}
-    if uses_feature_cache(model_params):
-        with torch.inference_mode():
-            for modality in ("sketch", "photo"):
-                tokens = load_features(FEATURES, part, modality).tokens
-                features[modality] = torch.cat([model.pair_features(tokens[i:i + 256].float(), modality)
-                                                for i in range(0, len(tokens), 256)])
-    else:
-        computed = pair_features_split(model, SHARDS, part, batch_size=embed["batch_size"], workers=embed["workers"],
-                                       device=embed["device"], threads=embed["threads"] or None,
-                                       progress=sys.stderr.isatty())
-        for modality, (values, keys) in computed.items():
-            if keys != read_embeddings(EMBEDDINGS, modality).keys:
-                raise SbirError(f"{EMBEDDINGS}: its {modality}s are not the {part} part of {SHARDS} (re-run embed)")
-            features[modality] = values
+    with torch.inference_mode():
+        for modality in ("sketch", "photo"):
+            tokens = load_features(FEATURES, embed["part"], modality).tokens
+            features[modality] = torch.cat([model.pair_features(tokens[i:i + 256].float(), modality)
+                                            for i in range(0, len(tokens), 256)])
     return model.retrieval_scores(features["sketch"], features["photo"], mode=mode, top_k=top_k)
 
 

@@ -79,7 +79,9 @@ def load_model(path: Path, device: str | None = None):
     """The trained model of ``path`` (a model folder, or its ``model.safetensors``) in eval mode, moved to
     ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; None leaves it on the CPU).
 
-    Raises :class:`SbirError` with the file and the problem when the folder is not a trained model.
+    Raises :class:`SbirError` with the file and the problem when the folder is not a trained model. The
+    model is built from the training seed before its weights are loaded, so that what the folder does not
+    store (a random-init frozen backbone, in tests) is the same at every load.
     """
     from sbir.embed import resolve_device
     from sbir.models import create_model
@@ -90,8 +92,9 @@ def load_model(path: Path, device: str | None = None):
         raise SbirError(f"{path}: no such model folder")
     folder = path if path.is_dir() else path.parent
     info = read_description(folder)
+    seed = int(((info.get("summary") or {}).get("config") or {}).get("seed") or 0)
     model = create_model(info["method"], info["backbone"], weights=info.get("weights"),
-                         random_init=bool(info.get("random_init")), **(info.get("options") or {}))
+                         random_init=bool(info.get("random_init")), seed=seed, **(info.get("options") or {}))
     weights = folder / WEIGHTS
     if info["method"] != "frozen":
         if not weights.is_file():

@@ -190,28 +190,32 @@ def embed_shards(model: RetrievalModel, shards: list[tuple[str, Path]], batch_si
             for modality, (vectors, keys, classes, instances) in encoded.items()}
 
 
-def _part_shards(shard_folder: Path, part: str) -> tuple[list[tuple[str, Path]], int]:
+def _part_shards(shard_folder: Path, part: str,
+                 modalities: tuple[str, ...] = MODALITIES) -> tuple[list[tuple[str, Path]], int]:
     """The ``(modality, shard)`` pairs of one part and their number of samples."""
     index = read_index(shard_folder)
-    shards = [(modality, path) for modality in MODALITIES for path in shard_paths(shard_folder, part, modality)]
+    shards = [(modality, path) for modality in modalities for path in shard_paths(shard_folder, part, modality)]
     if not shards:
-        raise SbirError(f"{shard_folder}: no {part} shards")
+        what = part if tuple(modalities) == MODALITIES else f"{part} {' or '.join(modalities)}"
+        raise SbirError(f"{shard_folder}: no {what} shards")
     total = sum(index["shards"][path.relative_to(shard_folder).as_posix()]["samples"] for _, path in shards)
     return shards, total
 
 
-def pair_features_split(model: RetrievalModel, shard_folder: Path, part: str = "test", batch_size: int = 64,
-                        workers: int = 2, device: torch.device | str | None = None, threads: int | None = None,
+def pair_features_split(model: RetrievalModel, shard_folder: Path, part: str = "test",
+                        modalities: tuple[str, ...] = MODALITIES, batch_size: int = 64, workers: int = 2,
+                        device: torch.device | str | None = None, threads: int | None = None,
                         progress: bool = True) -> dict[str, tuple[np.ndarray, list[str]]]:
     """``model.pair_features`` (what a relation network scores, e.g. ``zse``'s ``[1 + h·w, C]`` tokens) of
     every image of one part, per modality, in the order of :func:`embed_split`: ``(float16 array, keys)``.
 
     Kept in float16 (the feature cache's precision): a ViT-B/16 image is 197 x 768 values, 0.3 MB.
     """
-    shards, total = _part_shards(shard_folder, part)
+    shards, total = _part_shards(shard_folder, part, modalities)
     encoded = encode_shards(model, shards, lambda m, images, modality: m.pair_features(images, modality).half(),
                             batch_size=batch_size, workers=workers, device=device, threads=threads, total=total,
                             progress=progress, desc="pair features")
+    encoded = {modality: encoded[modality] for modality in modalities}
     for modality, (features, *_) in encoded.items():
         if features is None:
             raise SbirError(f"{shard_folder}: no {modality} samples in the {part} part (a relation mode scores "

@@ -227,6 +227,32 @@ def run_evaluation(embeddings_dir: Path, shard_folder: Path, metrics_path: Path,
     return evaluation
 
 
+def model_scores(model, mode: str, top_k: int, embeddings_dir: Path, shard_folder: Path,
+                 photo_embeddings_dir: Path | None = None, photo_shard_folder: Path | None = None,
+                 **encode_options) -> ScoresFn:
+    """``scores_fn`` of a model's retrieval ``mode`` (``zse``: ``relation``, ``rerank`` on the token
+    top-``top_k``) for the embeddings of ``embeddings_dir``, its pair features computed once per image from
+    the shards the embeddings came from (``photo_*``: the cross-dataset gallery, as in
+    :func:`run_evaluation`); ``encode_options`` go to :func:`sbir.embed.pair_features_split` (batch size,
+    workers, device, threads, progress). Rows and columns are in the embeddings' order (checked by key)."""
+    from sbir.embed import pair_features_split
+
+    if mode not in getattr(model, "retrieval_modes", ("token",)):
+        raise SbirError(f"retrieval mode {mode} needs a model with a relation network (zse); this model is "
+                        f"'{getattr(model, 'method', type(model).__name__)}'")
+    sources = {"sketch": (embeddings_dir, shard_folder),
+               "photo": (photo_embeddings_dir or embeddings_dir, photo_shard_folder or shard_folder)}
+    features = {}
+    for modality, (folder, shards) in sources.items():
+        part = read_info(folder).get("part", "test")
+        computed = pair_features_split(model, shards, part, modalities=(modality,), **encode_options)
+        values, keys = computed[modality]
+        if keys != read_embeddings(folder, modality).keys:
+            raise SbirError(f"{folder}: its {modality}s are not the {part} {modality}s of {shards} (embed again)")
+        features[modality] = values
+    return model.retrieval_scores(features["sketch"], features["photo"], mode=mode, top_k=top_k)
+
+
 def metrics_table(evaluation: Evaluation) -> str:
     """The metrics and counts as aligned text lines."""
     lines = [f"{key:<12} {value:.4f}" for key, value in evaluation.metrics.items()]

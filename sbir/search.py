@@ -213,28 +213,29 @@ def open_gallery(folder: Path, shards: Path | None = None) -> Gallery:
     return Gallery(folder, photos, info, None if info.get("photo_root") else shards)
 
 
-def check_model(info: dict, identity: dict, index: Path, model_dir: Path) -> list[str]:
-    """Refuse (:class:`SbirError`) a model other than the one that made the gallery: method, backbone,
-    backbone weights and, when both record it, the sha256 of the trained weights must match. Returns notes
-    on what could not be checked."""
+def check_model(info: dict, identity: dict, index: Path, model_dir: Path, what: str = "index") -> list[str]:
+    """Refuse (:class:`SbirError`) a model other than the one that made the gallery (``what``: the ``index``
+    of ``sbir search``, the ``embeddings`` of ``sbir evaluate``): method, backbone, backbone weights and,
+    when both record it, the sha256 of the trained weights must match. Returns notes on what could not be
+    checked."""
     differences = []
     for key in ("method", "backbone"):
         if info.get(key) != identity.get(key):
-            differences.append(f"{key} {info.get(key)!r} (index) vs {identity.get(key)!r} (model)")
+            differences.append(f"{key} {info.get(key)!r} ({what}) vs {identity.get(key)!r} (model)")
     if info.get("weights") and identity.get("weights") and info["weights"] != identity["weights"]:
-        differences.append(f"backbone weights {info['weights']!r} (index) vs {identity['weights']!r} (model)")
+        differences.append(f"backbone weights {info['weights']!r} ({what}) vs {identity['weights']!r} (model)")
     if not differences and info.get("model_sha256") and identity.get("model_sha256") \
             and info["model_sha256"] != identity["model_sha256"]:
-        differences.append(f"trained weights sha256 {info['model_sha256'][:12]}… (index) vs "
+        differences.append(f"trained weights sha256 {info['model_sha256'][:12]}… ({what}) vs "
                            f"{identity['model_sha256'][:12]}… (model)")
     if differences:
         remedy = (f"index the photos again with this model ('sbir index {info['photo_root']} --out {index} --model "
                   f"{model_dir}')" if info.get("photo_root") else "embed the gallery again with this model")
-        raise SbirError(f"the index {index} was not made with the model {model_dir}: {'; '.join(differences)}. "
-                        f"Search with the model that made it (--model) or {remedy}")
+        raise SbirError(f"the {what} {index} was not made with the model {model_dir}: {'; '.join(differences)}. "
+                        f"Use the model that made it (--model) or {remedy}")
     notes = []
     if identity.get("model_sha256") and not info.get("model_sha256"):
-        notes.append(f"{index}: the index does not record which trained weights made it; only the method and "
+        notes.append(f"{index}: the {what} does not record which trained weights made it; only the method and "
                      "backbone could be checked")
     return notes
 

@@ -69,17 +69,53 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
 @click.option("--grid-queries", type=int, default=8, show_default=True, help="Rows of the retrieval grid (0: none).")
 @click.option("--grid-top", type=int, default=10, show_default=True, help="Photos per row of the grid.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grid's query choice.")
+@click.option("--mode", type=click.Choice(["token", "relation", "rerank"]), default="token", show_default=True,
+              help="token: cosine of the embeddings; zse only: relation (its relation network on every sketch x "
+                   "photo pair) or rerank (on the token top --top-k of each sketch) [--model].")
+@click.option("--top-k", type=int, default=20, show_default=True, help="rerank: photos re-scored per sketch.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="relation/rerank: the trained model folder that made the embeddings (checked).")
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="relation/rerank: images per batch of the pair features.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Data loading processes (0: none).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
 def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, photo_shards: Path | None,
              metrics_path: Path, plots_dir: Path, block_size: int, pr_levels: int,
-             grid_queries: int, grid_top: int, seed: int) -> None:
-    """Sketch-to-photo retrieval metrics of embeddings, a PR curve, per-class AP and a retrieval grid."""
-    from sbir.evaluate import metrics_table, run_evaluation
+             grid_queries: int, grid_top: int, seed: int, mode: str, top_k: int, model_dir: Path | None,
+             batch_size: int, workers: int, device: str) -> None:
+    """Sketch-to-photo retrieval metrics of embeddings, a PR curve, per-class AP and a retrieval grid.
 
+    With --mode relation or rerank, the zse model of --model scores the pairs: its pair features are
+    computed once per image from the shards the embeddings came from.
+    """
+    from sbir.embeddings import read_info
+    from sbir.errors import SbirError
+    from sbir.evaluate import metrics_table, model_scores, run_evaluation
+
+    scores_fn = None
+    if mode != "token":
+        from sbir.checkpoint import load_model, model_identity
+        from sbir.search import check_model
+
+        if model_dir is None:
+            raise SbirError(f"--mode {mode} scores pairs with a model's relation network: give --model, the "
+                            f"trained model folder that made {embeddings}")
+        if top_k < 1:
+            raise SbirError(f"--top-k must be at least 1, got {top_k}")
+        for folder in filter(None, (embeddings, photo_embeddings)):
+            check_model(read_info(folder), model_identity(model_dir), folder, model_dir, what="embeddings")
+        model = load_model(model_dir)
+        scores_fn = model_scores(model, mode, top_k, embeddings, shards, photo_embeddings, photo_shards,
+                                 batch_size=batch_size, workers=workers, device=device,
+                                 progress=sys.stderr.isatty())
     evaluation = run_evaluation(embeddings, shards, metrics_path, plots_dir, block_size=block_size,
                                 pr_levels=pr_levels, grid_queries=grid_queries, grid_top=grid_top, seed=seed,
-                                photo_embeddings_dir=photo_embeddings, photo_shard_folder=photo_shards)
+                                scores_fn=scores_fn, photo_embeddings_dir=photo_embeddings,
+                                photo_shard_folder=photo_shards)
     click.echo(metrics_table(evaluation))
+    if mode != "token":
+        click.echo(f"mode {mode}: {evaluation.pairs_scored} relation pairs scored, {evaluation.seconds:.1f} s")
 
 
 @main.command()
