@@ -103,8 +103,9 @@ def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, phot
                             f"trained model folder that made {embeddings}")
         if top_k < 1:
             raise SbirError(f"--top-k must be at least 1, got {top_k}")
+        identity = model_identity(model_dir)  # hashes the weights file: once
         for folder in filter(None, (embeddings, photo_embeddings)):
-            check_model(read_info(folder), model_identity(model_dir), folder, model_dir, what="embeddings")
+            check_model(read_info(folder), identity, folder, model_dir, what="embeddings")
         model = load_model(model_dir)
         scores_fn = model_scores(model, mode, top_k, embeddings, shards, photo_embeddings, photo_shards,
                                  batch_size=batch_size, workers=workers, device=device,
