@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from sbir.archives import extract
-from sbir.atomic import atomic_write_text
+from sbir.atomic import atomic_write_text, check_output
 from sbir.datasets import Dataset
 from sbir.download import fetch_source
 from sbir.errors import SbirError
@@ -61,10 +61,15 @@ def _is_complete(out: Path, expected: dict) -> bool:
     return marker.is_file() and json.loads(marker.read_text()).get("request") == expected
 
 
+def is_raw_folder(folder: Path) -> bool:
+    """COMPLETE.json, LOCAL_COPY.json, archives/ or synthetic.json of 'sbir-prep download'"""
+    return any((folder / name).exists() for name in (COMPLETE, LOCAL_COPY, "archives", "synthetic.json"))
+
+
 def acquire(dataset: Dataset, out: Path, source: Path | None = None, mirror: str | None = None,
             synthetic_options: dict | None = None, progress: bool = True) -> Path:
     """Make ``out`` hold ``dataset`` in its official layout (see the module docstring); return ``out``."""
-    out = Path(out)
+    out = check_output(out, is_raw_folder, [source])
     if dataset.name == "synthetic":
         from sbir.datasets.synthetic import generate
 

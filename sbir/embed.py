@@ -20,7 +20,7 @@ import contextlib
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from sbir.embeddings import MODALITIES, Embeddings, write_embeddings
+from sbir.atomic import check_output
+from sbir.embeddings import MODALITIES, Embeddings, is_embeddings_folder, write_embeddings
 from sbir.errors import SbirError
 from sbir.models.backbones import ImageConfig
 from sbir.models.base import RetrievalModel
@@ -225,10 +226,13 @@ def pair_features_split(model: RetrievalModel, shard_folder: Path, part: str = "
 
 def embed_split(model: RetrievalModel, shard_folder: Path, out: Path, part: str = "test", batch_size: int = 64,
                 workers: int = 2, device: torch.device | str | None = None, threads: int | None = None,
-                progress: bool = True, info: dict | None = None) -> dict:
+                progress: bool = True, info: dict | None = None, inputs: Sequence[Path] = ()) -> dict:
     """Embed the sketches and photos of one part (``test`` by default) of a sharded dataset into ``out``
-    (see ``sbir.embeddings`` for the layout); return the ``info.json`` written (``info`` merged in)."""
+    (see ``sbir.embeddings`` for the layout); return the ``info.json`` written (``info`` merged in).
+    ``inputs``: what else the caller read (the model folder); ``out`` may be none of them, nor hold one."""
     index = read_index(shard_folder)
+    inputs = [shard_folder, *inputs]
+    check_output(out, is_embeddings_folder, inputs)  # before the work, not after it
     shards, total = _part_shards(shard_folder, part)
     embeddings = embed_shards(model, shards, batch_size=batch_size, workers=workers, device=device,
                               threads=threads, total=total, progress=progress)
@@ -239,5 +243,5 @@ def embed_split(model: RetrievalModel, shard_folder: Path, out: Path, part: str 
     info = {**(info or {}), "method": model.method, "backbone": model.backbone.name, "embed_dim": model.embed_dim,
             "dataset": index.get("dataset"), "split": index.get("split"), "part": part,
             "counts": {m: len(e) for m, e in embeddings.items()}}
-    write_embeddings(out, embeddings, info)
+    write_embeddings(out, embeddings, info, inputs)
     return info

@@ -14,6 +14,7 @@ set that looks finished.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,11 @@ from sbir.errors import SbirError
 
 MODALITIES = ("sketch", "photo")
 INFO_NAME = "info.json"
+
+
+def is_embeddings_folder(folder: Path) -> bool:
+    """info.json and the .npy vectors of 'sbir embed' / 'sbir index'"""
+    return (folder / INFO_NAME).is_file() and any(folder.glob("*.npy"))
 
 
 @dataclass
@@ -42,11 +48,10 @@ class Embeddings:
         return [{"key": k, "class": c, "instance": i} for k, c, i in zip(self.keys, self.classes, self.instances)]
 
 
-def write_embeddings(out: Path, embeddings: dict[str, Embeddings], info: dict) -> None:
-    """Write ``{modality: Embeddings}`` and ``info`` to ``out`` (replacing it whole, atomically)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out) as tmp:
+def write_embeddings(out: Path, embeddings: dict[str, Embeddings], info: dict, inputs: Sequence[Path] = ()) -> None:
+    """Write ``{modality: Embeddings}`` and ``info`` to ``out`` (replacing it whole, atomically; only an
+    earlier embeddings folder, never ``inputs`` or another folder: :func:`sbir.atomic.check_output`)."""
+    with atomic_dir(Path(out), is_embeddings_folder, inputs) as tmp:
         for modality, emb in embeddings.items():
             np.save(tmp / f"{modality}.npy", np.ascontiguousarray(emb.vectors, dtype=np.float32))
             (tmp / f"{modality}.json").write_text(json.dumps(emb.metadata(), indent=0) + "\n")

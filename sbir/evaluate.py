@@ -17,7 +17,6 @@ every image its own id, so Acc@K is left out rather than reported as 0.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from sbir.atomic import atomic_write_text, check_output, check_output_file
 from sbir.embeddings import Embeddings, read_embeddings, read_info
 from sbir.errors import SbirError
 from sbir.metrics import evaluate_scores
@@ -168,11 +168,26 @@ def retrieval_examples(sketches: Embeddings, photos: Embeddings, scores_fn: Scor
 
 
 def _write_json(path: Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def is_metrics_file(path: Path) -> bool:
+    """a metrics JSON of 'sbir evaluate', with map_all"""
+    try:
+        return "map_all" in json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def is_plots_folder(folder: Path) -> bool:
+    """pr_curve.json of 'sbir evaluate'"""
+    return (folder / "pr_curve.json").is_file()
+
+
+def check_evaluation_outputs(metrics_path: Path, plots_dir: Path, inputs: Sequence[Path | None]) -> None:
+    """Refuse, before any work, outputs that are not this command's own or that are among its inputs."""
+    check_output_file(metrics_path, is_metrics_file, inputs)
+    check_output(plots_dir, is_plots_folder, inputs)
 
 
 def write_evaluation(evaluation: Evaluation, metrics_path: Path, plots_dir: Path) -> None:
@@ -198,6 +213,8 @@ def run_evaluation(embeddings_dir: Path, shard_folder: Path, metrics_path: Path,
     Cross-dataset: ``photo_embeddings_dir`` (and ``photo_shard_folder`` for the grid's photos) take the
     gallery from another embedded dataset, e.g. TU-Berlin sketches against Sketchy photos; both must come
     from the same model."""
+    check_evaluation_outputs(metrics_path, plots_dir,
+                             [embeddings_dir, shard_folder, photo_embeddings_dir, photo_shard_folder])
     sketches = read_embeddings(embeddings_dir, "sketch")
     photos = read_embeddings(photo_embeddings_dir or embeddings_dir, "photo")
     info = read_info(embeddings_dir)

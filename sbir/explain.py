@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sbir.atomic import atomic_dir
+from sbir.atomic import atomic_dir, check_output
 from sbir.embed import Normalise, load_image, model_device
 from sbir.embeddings import read_embeddings, read_info
 from sbir.errors import SbirError
@@ -491,6 +491,22 @@ def json_text(data) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- test queries
+def is_explain_folder(folder: Path) -> bool:
+    """overview.png and index.json of the explain stage"""
+    return (folder / "overview.png").is_file() and (folder / "index.json").is_file()
+
+
+def is_pair_explanations(folder: Path) -> bool:
+    """the <sketch>__<photo>.json records of 'sbir explain'"""
+    for record in folder.glob("*__*.json"):
+        try:
+            if "correspondence" in json.loads(record.read_text()):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def explain_retrievals(model: RetrievalModel, embeddings_dir: Path, shard_folder: Path, out: Path, queries: int = 6,
                        seed: int = 0, top: int = 3, lines: int = 10, identity: dict | None = None) -> dict:
     """Explain the ``top`` photos retrieved for ``queries`` seeded sketch queries into the folder ``out``.
@@ -507,6 +523,7 @@ def explain_retrievals(model: RetrievalModel, embeddings_dir: Path, shard_folder
     """
     if queries < 1 or top < 1:
         raise SbirError(f"explain: queries ({queries}) and top ({top}) must be at least 1")
+    check_output(out, is_explain_folder, [embeddings_dir, shard_folder])
     sketches, photos = read_embeddings(embeddings_dir, "sketch"), read_embeddings(embeddings_dir, "photo")
     info = read_info(embeddings_dir)
     identity = identity or {"method": model.method}
@@ -529,7 +546,7 @@ def explain_retrievals(model: RetrievalModel, embeddings_dir: Path, shard_folder
     backbone = getattr(model.backbone, "name", "") or info.get("backbone", "")
     heading = " · ".join(str(x) for x in (model.method, backbone, info.get("dataset"), info.get("split"), part) if x)
     records, overview = [], []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, is_explain_folder, [embeddings_dir, shard_folder]) as tmp:
         for number, (query, best) in enumerate(zip(rows, ranked)):
             sketch_key, sketch_class = sketches.keys[query], sketches.classes[query]
             scores = scores_fn(query, query + 1)[0]

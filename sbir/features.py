@@ -25,13 +25,18 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sbir.atomic import atomic_dir
+from sbir.atomic import atomic_dir, check_output
 from sbir.embed import Normalise, ShardBatches, default_device, torch_threads
 from sbir.errors import SbirError
 from sbir.models.backbones import Backbone
 from sbir.shards import PARTS, read_index, shard_paths
 
 MODALITIES = ("sketch", "photo")
+
+
+def is_feature_cache(folder: Path) -> bool:
+    """info.json and the .safetensors of the feature cache (or info.json alone: no cache needed)"""
+    return (folder / "info.json").is_file() and not any(folder.glob("*.npy"))
 
 
 @dataclass
@@ -77,10 +82,10 @@ def cache_features(backbone: Backbone, shard_folder: Path, out: Path, parts: tup
                    batch_size: int = 64, workers: int = 1, threads: int | None = None,
                    device: torch.device | None = None, info: dict | None = None, progress: bool = True) -> dict:
     """Write the cache (module docstring) of every part and modality with samples; return ``info.json``."""
-    out = Path(out)
+    out = check_output(out, is_feature_cache, [shard_folder])
     read_index(shard_folder)
     counts, grid = {}, None
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, is_feature_cache, [shard_folder]) as tmp:
         with torch_threads(threads):
             for part in parts:
                 for modality in MODALITIES:
@@ -107,7 +112,7 @@ def write_no_cache(out: Path, info: dict, reason: str) -> dict:
     pipeline's ``features`` stage writes when nothing reads the cache, instead of the backbone's tokens of
     every image (a ViT-B/16 on Sketchy: 197 x 768 values x ~130,000 images, about 39 GB)."""
     info = {**info, "skipped": reason, "counts": {}}
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), is_feature_cache) as tmp:
         (tmp / "info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return info
 

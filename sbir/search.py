@@ -38,8 +38,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from sbir.atomic import atomic_file, check_output
 from sbir.embed import Normalise, model_device
-from sbir.embeddings import INFO_NAME, Embeddings, read_embeddings, read_info, write_embeddings
+from sbir.embeddings import (
+    INFO_NAME,
+    Embeddings,
+    is_embeddings_folder,
+    read_embeddings,
+    read_info,
+    write_embeddings,
+)
 from sbir.errors import SbirError
 from sbir.evaluate import cosine_scores, load_images
 from sbir.images import fit, load_user_image, to_8bit
@@ -48,6 +56,8 @@ from sbir.models.base import RetrievalModel
 from sbir.shards import shard_paths
 
 SEARCH_MODES = ("token", "rerank")
+#: The PNG text chunk that marks a result grid as written by ``sbir search`` (so it may be overwritten).
+RESULT_GRID_SOFTWARE = "sbir search"
 INDEX_FILES = ("photo.npy", "photo.json", INFO_NAME)
 
 
@@ -92,19 +102,6 @@ def _reason(error: SbirError, path: Path) -> str:
     return message.removeprefix(f"{path}: ")
 
 
-def _check_out_folder(photo_root: Path, out: Path) -> None:
-    """``out`` is replaced whole: never the photo folder or a folder holding it, nor a folder that is not an
-    index (something a person keeps)."""
-    root, target = photo_root.resolve(), out.resolve()
-    if target == root or target in root.parents:
-        raise SbirError(f"{out}: the index folder would replace the photos of {photo_root}; choose another --out")
-    if target.is_file():
-        raise SbirError(f"{out}: a file, not a folder")
-    if target.is_dir() and any(target.iterdir()) and not (target / "photo.npy").is_file():
-        raise SbirError(f"{out}: a folder that is not an index ('sbir index' replaces its --out whole); "
-                        "choose a new or empty folder")
-
-
 @torch.inference_mode()
 def index_folder(model: RetrievalModel, photo_root: Path, out: Path, identity: dict | None = None, batch_size: int = 16,
                  progress: bool = False) -> dict:
@@ -122,7 +119,8 @@ def index_folder(model: RetrievalModel, photo_root: Path, out: Path, identity: d
         raise SbirError(f"{photo_root}: not a folder (give the folder of the photos to index)")
     if batch_size < 1:
         raise SbirError(f"batch size must be at least 1, got {batch_size}")
-    _check_out_folder(photo_root, out)
+    inputs = [photo_root, (identity or {}).get("model")]
+    check_output(out, is_embeddings_folder, inputs)
     files = photo_files(photo_root)
     if not files:
         raise SbirError(f"{photo_root}: no files to index")
@@ -156,7 +154,7 @@ def index_folder(model: RetrievalModel, photo_root: Path, out: Path, identity: d
             "backbone": model.backbone.name, "embed_dim": int(photos.vectors.shape[1]), "image_size": config.size,
             "counts": {"photo": len(keys), "skipped": len(skipped)},
             "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
-    write_embeddings(out, {"photo": photos}, info)
+    write_embeddings(out, {"photo": photos}, info, inputs)
     return info
 
 
@@ -365,12 +363,17 @@ def result_grid(sketch: Image.Image, hits: Sequence[Hit], photos: Sequence[Image
     figure.suptitle(title, fontsize=9, y=1 - 0.12 / (height / GRID_DPI), va="top")
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.62 / (height / GRID_DPI), wspace=0.08,
                            hspace=0.45)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     try:
-        figure.savefig(tmp, dpi=GRID_DPI, format="png")
-        os.replace(tmp, path)
+        with atomic_file(Path(path)) as tmp:
+            figure.savefig(tmp, dpi=GRID_DPI, format="png", metadata={"Software": RESULT_GRID_SOFTWARE})
     finally:
         plt.close(figure)
-        tmp.unlink(missing_ok=True)
+
+
+def is_result_grid(path: Path) -> bool:
+    """a result grid PNG of 'sbir search'"""
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == RESULT_GRID_SOFTWARE
+    except (OSError, ValueError):
+        return False

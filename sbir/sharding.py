@@ -14,20 +14,19 @@ reason in ``index.json``. Everything is written into a temporary folder beside `
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
 import random
-import shutil
 import sys
-import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from sbir.atomic import replace_dir
+from sbir.atomic import atomic_dir, check_output
 from sbir.datasets import MODALITIES, Dataset, RawItem
 from sbir.datasets.quickdraw import rasterise, read_drawing
 from sbir.errors import BadImage, SbirError
@@ -35,6 +34,7 @@ from sbir.images import prepare, render_png
 from sbir.shards import (
     INDEX_NAME,
     PARTS,
+    ShardReadError,
     TarShardWriter,
     decode_image,
     image_of,
@@ -47,6 +47,11 @@ from sbir.shards import (
 from sbir.splits import normalise_class_name, resolve_unseen_classes
 
 INDEX_VERSION = 1
+
+
+def is_shard_folder(folder: Path) -> bool:
+    """index.json and the part folders of 'sbir-prep shard'"""
+    return (folder / INDEX_NAME).is_file() and any((folder / part).is_dir() for part in PARTS)
 
 
 @dataclass
@@ -216,6 +221,7 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
         raise SbirError(f"{raw}: not in the {dataset.name} layout (expected {dataset.layout_hint})")
     if shard_size < 1:
         raise SbirError(f"--shard-size must be at least 1, got {shard_size}")
+    check_output(out, is_shard_folder, inputs=[raw, *reference_lists])  # before the scan: fail fast
     scan = dataset.scan(raw)
     if not scan.items:
         raise SbirError(f"{raw}: no {dataset.name} images found (expected {dataset.layout_hint})")
@@ -225,26 +231,23 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
         if not scan.items:
             raise SbirError(f"{raw}: no file is named in the reference lists {', '.join(map(str, reference_lists))}")
     class_names = sorted({item.class_name for item in scan.items})
-    unseen = resolve_unseen_classes(split, class_names, dataset.extra_splits)
+    unseen = resolve_unseen_classes(split, class_names, dataset.extra_splits, aliases=dataset.class_aliases)
     plan = plan_split(scan.items, unseen, seed=seed, val_fraction=val_fraction, max_per_class=max_per_class)
     class_index = {name: i for i, name in enumerate(plan.classes)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     skipped = list(scan.skipped)
     counts: dict = {p: {m: Counter() for m in MODALITIES} for p in PARTS}
     shards: dict[str, dict] = {}
-    jobs = []
-    for (part, modality), bucket in plan.parts.items():
-        for number, start in enumerate(range(0, len(bucket), shard_size)):
-            block = bucket[start:start + shard_size]
-            jobs.append(ShardJob(tmp / part / f"{modality}-{number:06d}.tar", block,
-                                 [plan.keys[item.source] for item in block],
-                                 [class_index[item.class_name] for item in block], image_size))
-    total = sum(len(job.items) for job in jobs)
     bad = 0
-    try:
+    with atomic_dir(out, is_shard_folder, inputs=[raw, *reference_lists]) as tmp:
+        jobs = []
+        for (part, modality), bucket in plan.parts.items():
+            for number, start in enumerate(range(0, len(bucket), shard_size)):
+                block = bucket[start:start + shard_size]
+                jobs.append(ShardJob(tmp / part / f"{modality}-{number:06d}.tar", block,
+                                     [plan.keys[item.source] for item in block],
+                                     [class_index[item.class_name] for item in block], image_size))
+        total = sum(len(job.items) for job in jobs)
         # largest shards first, so the last ones to finish are small and no core idles long
         ordered = sorted(jobs, key=lambda job: -len(job.items))
         with _pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
@@ -282,10 +285,6 @@ def shard_dataset(dataset: Dataset, raw: Path, out: Path, split: str, image_size
             "notes": scan.notes,
         }
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 
@@ -322,23 +321,51 @@ def summary_table(index: dict) -> str:
     return "\n".join(lines)
 
 
-def _verify_shard(path: Path) -> tuple[str, Counter, list[str]]:
-    """sha256 of a shard, its samples counted by class, and the problems found in it."""
+def _verify_shard(path: Path, root: Path) -> tuple[str, Counter, list[str]]:
+    """sha256 of a shard, its samples counted by class, and the problems found in it, each naming the shard by
+    its path below ``root`` (``train/photo-000001.tar``), the sample by its key, and what is wrong in words."""
+    from PIL import Image
+
+    name = path.relative_to(root).as_posix()
     counts: Counter = Counter()
     problems = []
     try:
         for sample in iter_tar_samples(path):
-            key = sample["__key__"]
+            wrong = []
+            meta = None
+            if "json" not in sample:
+                wrong.append("no .json member")
+            else:
+                try:
+                    meta = json.loads(sample["json"])
+                except ValueError as error:
+                    wrong.append(f".json member is not JSON: {error}")
+                if meta is not None and not (isinstance(meta, dict) and isinstance(meta.get("class"), str)):
+                    wrong.append(".json member has no 'class' name")
+                    meta = None
             try:
-                meta = json.loads(sample["json"])
-                _, data = image_of(sample)
-                decode_image(data)
-                int(sample["cls"])
+                extension, data = image_of(sample)
+            except KeyError:
+                wrong.append("no image member (.jpg or .png)")
+            else:
+                try:
+                    decode_image(data)
+                except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+                    wrong.append(f".{extension} image does not decode: {error}")
+            if "cls" not in sample:
+                wrong.append("no .cls member")
+            else:
+                try:
+                    int(sample["cls"])
+                except ValueError:
+                    wrong.append(f".cls member is not a class number: {sample['cls'][:40]!r}")
+            if meta is not None:
                 counts[meta["class"]] += 1
-            except (KeyError, ValueError, OSError, SyntaxError) as error:
-                problems.append(f"{path.name}: sample {key}: {error}")
-    except (OSError, tarfile.TarError) as error:
-        problems.append(f"{path.name}: unreadable tar: {error}")
+            if wrong:
+                problems.append(f"{name}: sample {sample['__key__']}: {'; '.join(wrong)}")
+    except ShardReadError as error:
+        after = f"after sample {error.after}" if error.after is not None else "before its first sample"
+        problems.append(f"{name}: unreadable tar {after}: {error.reason}")
     return sha256_file(path), counts, problems
 
 
@@ -346,7 +373,7 @@ def verify_sharded(out: Path, workers: int | None = None, progress: bool = True)
     """Check a sharded dataset against its index: shard hashes, counts per part/modality/class, and that
     every image decodes. Returns the problems found (empty when all is well) and a summary table."""
     out = Path(out)
-    index = read_index(out)
+    index = read_index(out, require=("shards", "counts"))
     problems = []
     listed = set(index["shards"])
     on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.tar")}
@@ -356,7 +383,8 @@ def verify_sharded(out: Path, workers: int | None = None, progress: bool = True)
     found: dict = {p: {m: Counter() for m in MODALITIES} for p in PARTS}
     with _pool(min(workers or os.cpu_count() or 1, max(1, len(present)))) as pool:
         paths = [out / rel for rel in present]
-        results = pool.imap(_verify_shard, paths) if pool else map(_verify_shard, paths)
+        check = functools.partial(_verify_shard, root=out)
+        results = pool.imap(check, paths) if pool else map(check, paths)
         for rel, (digest, counts, shard_problems) in tqdm(zip(present, results), total=len(present),
                                                           desc="verify", unit="shard", disable=not progress,
                                                           file=sys.stderr):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sbir.atomic import check_output
 from sbir.checkpoint import description, model_options, write_description
 from sbir.errors import SbirError
 from sbir.shards import read_index
@@ -62,6 +63,16 @@ def _log_nothing_trained(log_dir: Path) -> None:
         live.log_metric("steps_trained", 0)
 
 
+def is_model_folder(folder: Path) -> bool:
+    """model.json, model.safetensors or last.pt of 'sbir train'"""
+    return any((folder / name).is_file() for name in ("model.json", "model.safetensors", "last.pt"))
+
+
+def is_training_log(folder: Path) -> bool:
+    """metrics.json or plots/ of DVCLive's training log"""
+    return (folder / "metrics.json").is_file() or (folder / "plots").is_dir()
+
+
 def train_model(model_params: dict, config: TrainConfig, shards: Path, out: Path, features: Path | None = None,
                 log_dir: Path | None = None, device: str | None = None, progress: bool = False) -> dict:
     """Train the model of ``model_params`` on the shards (or the feature cache ``features``) into ``out``;
@@ -73,11 +84,16 @@ def train_model(model_params: dict, config: TrainConfig, shards: Path, out: Path
     from sbir.embed import resolve_device
     from sbir.train_data import cached_train_data, image_train_data
 
-    out = Path(out)
+    out = check_output(out, is_model_folder, [shards, features, log_dir])
+    if log_dir is not None:
+        check_output(log_dir, is_training_log, [shards, features, out])
     device = resolve_device(device)
     index = read_index(shards)
     cached = uses_feature_cache(model_params)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SbirError(f"{out}: cannot write here: {error.strerror}") from None
     info = description(model_params, index, head_only=cached, trained=False)
     if model_params["method"] == "frozen":
         for stale in ("model.safetensors", "last.pt"):

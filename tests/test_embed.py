@@ -155,7 +155,8 @@ def test_output_folder(tiny_shards, tmp_path):
     folder, _ = tiny_shards
     out = tmp_path / "emb"
     out.mkdir()
-    (out / "stale.npy").write_bytes(b"old")
+    (out / "stale.npy").write_bytes(b"old")  # an earlier embeddings folder: replaced whole
+    (out / "info.json").write_text("{}")
     info = embed_split(create_model("frozen", TinyBackbone()), folder, out, workers=0, device="cpu",
                        progress=False, info={"weights": "none"})
     assert sorted(p.name for p in out.iterdir()) == ["info.json", "photo.json", "photo.npy", "sketch.json",

@@ -254,7 +254,8 @@ def test_cli_bad_inputs_are_one_line_errors(case, message, frozen_folder, user_i
     elif case == "missing model":
         model = tmp_path / "no-model"
     elif case == "model without model.json":
-        model = tmp_path
+        model = tmp_path / "empty-model"
+        model.mkdir()
     elif case == "token outside the grid":
         extra = ["--token", "7,0"]
     else:
@@ -312,7 +313,11 @@ def test_explain_stage(tmp_path, monkeypatch):
     (tmp_path / "data" / "model").mkdir()
     write_description(tmp_path / "data" / "model", description(
         {"method": "frozen", "backbone": "tf_efficientnet_lite0"}, None, random_init=True))
-    (tmp_path / "params.yaml").write_text("explain: {queries: 2, seed: 0, top: 1, lines: 5, device: cpu}\n")
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["explain"] = {"queries": 2, "seed": 0, "top": 1, "lines": 5, "device": "cpu"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     stage.main()
     out = tmp_path / "explain"

@@ -83,6 +83,7 @@ def test_features_stage_makes_no_cache_when_nothing_reads_it(tmp_path, monkeypat
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data" / "features").mkdir(parents=True)
     (tmp_path / "data" / "features" / "train-sketch.safetensors").write_bytes(b"an earlier cache")
+    (tmp_path / "data" / "features" / "info.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     stage.main()  # the weights file does not exist: the backbone is never built
     features = tmp_path / "data" / "features"

@@ -191,13 +191,13 @@ def test_photo_files_order_and_hidden_names(photo_folder):
 
 def test_index_refuses_to_replace_the_photos_or_a_foreign_folder(photo_folder, tmp_path):
     model = SimpleNamespace()  # never reached: the folders are checked first
-    with pytest.raises(SbirError, match="would replace the photos"):
+    with pytest.raises(SbirError, match="is the input"):
         index_folder(model, photo_folder, photo_folder)
-    with pytest.raises(SbirError, match="would replace the photos"):
+    with pytest.raises(SbirError, match="contains the input"):
         index_folder(model, photo_folder / "cat", photo_folder)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(SbirError, match="not an index"):
+    with pytest.raises(SbirError, match="not an output of this command"):
         index_folder(model, photo_folder, tmp_path / "mine")
     with pytest.raises(SbirError, match="no such folder"):
         index_folder(model, tmp_path / "nothing", tmp_path / "out")

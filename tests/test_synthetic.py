@@ -142,7 +142,7 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(SbirError, match="not a synthetic dataset"):
+    with pytest.raises(SbirError, match="not an output of this command"):
         generate(out, workers=1, progress=False, classes_count=1, photos_per_class=1, sketches_per_photo=1)
     assert (out / "notes.txt").read_text() == "keep me"
     empty = tmp_path / "empty"

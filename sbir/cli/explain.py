@@ -46,14 +46,22 @@ def explain(sketch: Path, photo: Path, model_dir: Path, out: Path, top: int, tok
     correspondences are its cross-attention weights; other methods have none, and the cosine of the backbone's
     patch tokens is drawn instead (so labelled).
     """
+    from sbir.atomic import check_output
     from sbir.checkpoint import load_model
-    from sbir.errors import SbirError
-    from sbir.explain import MATCH_COLUMNS, explain_pair, json_text, match_records, pair_figure, save_figure, save_image
+    from sbir.explain import (
+        MATCH_COLUMNS,
+        explain_pair,
+        is_pair_explanations,
+        json_text,
+        match_records,
+        pair_figure,
+        save_figure,
+        save_image,
+    )
     from sbir.images import load_user_image
 
     focus = _cell(token)
-    if out.exists() and not out.is_dir():
-        raise SbirError(f"{out}: not a folder (--out takes a folder)")
+    check_output(out, is_pair_explanations, [sketch, photo, model_dir])
     model = load_model(model_dir, device=device)
     size = model.image_config.size
     sketch_image = load_user_image(sketch, "sketch", size)

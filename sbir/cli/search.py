@@ -58,9 +58,12 @@ def search(sketch: Path, top_k: int, index_dir: Path, model_dir: Path, shards: P
       sbir index ~/photos --out photo-index
       sbir search --sketch my-cat.png --index photo-index --top-k 5 --mode rerank --out cats.png
     """
+    from sbir.atomic import check_output_file
     from sbir.images import load_user_image
+    from sbir.search import is_result_grid
 
     load_user_image(sketch, "sketch", 224)  # a bad query is refused before anything slow (torch) is loaded
+    check_output_file(out, is_result_grid, [sketch, index_dir, model_dir, shards])
     from sbir.checkpoint import load_model
     from sbir.search import check_model, format_hits, open_gallery, result_grid
     from sbir.search import search as search_gallery

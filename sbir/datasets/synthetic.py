@@ -38,7 +38,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from sbir.atomic import atomic_dir
 from sbir.datasets import register
 from sbir.datasets.base import Dataset, Scan, scan_class_folders
 from sbir.errors import SbirError
@@ -1192,9 +1192,9 @@ def generate(out: Path, seed: int = 0, classes_count: int = 20, photos_per_class
 
     Does nothing when ``out`` already holds a complete generation with the same parameters (and
     generator version). Otherwise draws into a temporary folder beside ``out`` and renames it into
-    place at the end, replacing an earlier generation; a non-empty ``out`` that is not a generation
-    (no ``synthetic.json``) is left alone and an error raised. ``workers`` processes draw the
-    instances (default: every usable core); the bytes written never depend on it.
+    place at the end, replacing an earlier generation; a file, or a non-empty ``out`` that is not a
+    generation (no ``synthetic.json``), is left alone and an error raised (:func:`sbir.atomic.atomic_dir`).
+    ``workers`` processes draw the instances (default: every usable core); the bytes written never depend on it.
     """
     out = Path(out)
     for label, value, least in (("classes_count", classes_count, 1), ("photos_per_class", photos_per_class, 1),
@@ -1209,14 +1209,7 @@ def generate(out: Path, seed: int = 0, classes_count: int = 20, photos_per_class
     manifest = _manifest(seed, classes_count, photos_per_class, sketches_per_photo, image_size)
     if _complete(out, manifest):
         return out
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise SbirError(f"synthetic: {out} exists and is not a synthetic dataset folder (no {MANIFEST}); "
-                        "remove it or choose another output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out, MANIFEST) as tmp:
         for modality in ("photo", "sketch"):
             for name in manifest["classes"]:
                 (tmp / modality / name).mkdir(parents=True)
@@ -1235,12 +1228,6 @@ def generate(out: Path, seed: int = 0, classes_count: int = 20, photos_per_class
                     for _ in pool.imap_unordered(_write_instance, tasks, chunksize=4):
                         bar.update()
         (tmp / MANIFEST).write_text(_dump(manifest))
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return out
 
 
