@@ -73,6 +73,9 @@ class Dataset:
     #: splits of this dataset's own, name -> unseen class names
     extra_splits: dict[str, list[str]] = {}
     default_split: str = ""
+    #: other names of the dataset's classes (other name -> the dataset's name, or the reverse), which a
+    #: split file may use: :func:`sbir.splits.resolve_unseen_classes`
+    class_aliases: dict[str, str] = {}
     #: the folders that must exist below the raw root for :meth:`scan` to make sense
     layout_hint: str = ""
 
@@ -87,6 +90,30 @@ class Dataset:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+class DatasetBounds:
+    """Where a scan may take its inputs from: below the raw root, or below the layout folder being scanned,
+    both resolved (so a raw root that is itself a symbolic link, or a layout folder such as
+    ``EXTEND_image_sketchy`` linked in from another disk, works as before).
+
+    A symbolic link inside the dataset whose target resolves outside those folders is skipped with a reason:
+    following it would turn any file on the machine into a sample without a word. A link whose target
+    resolves inside them is kept as an ordinary input (a dataset may link duplicates or alternative folder
+    names to its own files); a broken link is skipped.
+    """
+
+    def __init__(self, *folders: Path | str):
+        self.folders = tuple(os.path.realpath(folder) for folder in folders)
+
+    def link_problem(self, path: str, is_dir: bool) -> str | None:
+        """The reason to skip the symbolic link ``path``, or None to keep it (call it for links only)."""
+        target = os.path.realpath(path)
+        if not os.path.exists(target):
+            return f"broken symbolic link ({target})"
+        if any(target == folder or target.startswith(folder.rstrip(os.sep) + os.sep) for folder in self.folders):
+            return None
+        return f"symbolic link to a {'folder' if is_dir else 'file'} outside the dataset ({target})"
+
+
 def scan_class_folders(scan: Scan, root: Path, folder: Path, modality: str, instance_of=None,
                        class_of=None) -> None:
     """Add every file of ``folder/<class>/`` to ``scan`` as an item of ``modality``.
@@ -94,23 +121,36 @@ def scan_class_folders(scan: Scan, root: Path, folder: Path, modality: str, inst
     ``instance_of(stem)`` gives a file's fine-grained instance id (default: the modality and the stem,
     i.e. unpaired); ``class_of(folder_name)`` maps a folder name to a class name, or None to skip the
     folder with a reason. Files whose suffix is not an image suffix are skipped and reported, as are
-    hidden files; decoding is checked later, while sharding.
+    hidden files and symbolic links leaving the dataset (:class:`DatasetBounds`); decoding is checked
+    later, while sharding. A class folder that gives no image is written to the scan's notes.
     """
     # os.scandir: the file type comes with the directory entry (no stat per file); plain strings, no Path
     # objects per file — the scan runs before any worker starts, so its cost is paid in full.
     prefix = folder.relative_to(root).as_posix()
+    bounds = DatasetBounds(root, folder)
     with os.scandir(folder) as entries:
-        class_dirs = sorted((e.name, e.path) for e in entries if e.is_dir())
-    for folder_name, class_path in class_dirs:
-        class_name = class_of(folder_name) if class_of else folder_name
+        listed = sorted((e.name, e.path, e.is_dir(), e.is_symlink()) for e in entries)
+    for folder_name, class_path, is_dir, is_link in listed:
         rel_dir = f"{prefix}/{folder_name}" if prefix != "." else folder_name
+        problem = bounds.link_problem(class_path, is_dir) if is_link else None
+        if problem:
+            scan.skip(rel_dir + ("/" if is_dir else ""), problem)
+            continue
+        if not is_dir:
+            continue
+        class_name = class_of(folder_name) if class_of else folder_name
         if class_name is None:
             scan.skip(rel_dir + "/", "folder matches no class of the dataset")
             continue
         with os.scandir(class_path) as entries:
-            files = sorted((e.name, e.path, e.is_dir()) for e in entries)
-        for name, path, is_dir in files:
+            files = sorted((e.name, e.path, e.is_dir(), e.is_symlink()) for e in entries)
+        found = len(scan.items)
+        for name, path, is_dir, is_link in files:
             rel = f"{rel_dir}/{name}"
+            problem = bounds.link_problem(path, is_dir) if is_link else None
+            if problem:
+                scan.skip(rel + ("/" if is_dir else ""), problem)
+                continue
             if is_dir:
                 scan.skip(rel + "/", "unexpected sub-folder inside a class folder")
                 continue
@@ -124,3 +164,8 @@ def scan_class_folders(scan: Scan, root: Path, folder: Path, modality: str, inst
             instance = instance_of(stem) if instance_of else f"{modality}:{stem}"
             scan.items.append(RawItem(modality=modality, class_name=class_name, source=rel,
                                       instance_id=f"{class_name}/{instance}", path=path))
+        if not files:
+            scan.notes.append(f"{rel_dir}: empty class folder, no images")
+        elif len(scan.items) == found:
+            scan.notes.append(f"{rel_dir}: class folder with no usable images "
+                              f"({len(files)} {'entry' if len(files) == 1 else 'entries'} skipped)")

@@ -10,8 +10,9 @@ preferred over ``raw`` unless :attr:`QuickDraw.stroke_format` says otherwise). R
 deterministic: strokes are fitted into the square with a margin, drawn with PIL at twice the target
 size with round joints and reduced with a Lanczos filter.
 
-Class names follow QuickDraw-Extended; five QuickDraw words differ (``EXTENDED_NAMES``). Sketches and
-photos are unpaired (no fine-grained pairing).
+Class names follow QuickDraw-Extended; five QuickDraw words differ (``EXTENDED_NAMES``), and a split may
+name those classes either way (the QuickDraw word, as in the ndjson file names, or the Extended name).
+Sketches and photos are unpaired (no fine-grained pairing).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from sbir.datasets import register
-from sbir.datasets.base import Dataset, RawItem, Scan, Source, scan_class_folders
+from sbir.datasets.base import Dataset, DatasetBounds, RawItem, Scan, Source, scan_class_folders
 from sbir.errors import BadImage
 from sbir.splits import normalise_class_name
 
@@ -94,6 +95,9 @@ class QuickDraw(Dataset):
                url="http://datasets.cvc.uab.es/QuickDraw/QuickDraw_images_final.zip"),
     )
     splits = ("quickdraw30",)
+    #: no splits of its own, but a split may name the five classes by their QuickDraw word or their
+    #: QuickDraw-Extended name, whichever form the data has
+    class_aliases = EXTENDED_NAMES
     default_split = "quickdraw30"
     layout_hint = "sketches/<class>/*.png + images/<class>/*.jpg, or full/{simplified,raw}/<class>.ndjson"
     #: "auto" (simplified if present, else raw), "simplified" or "raw"
@@ -128,9 +132,15 @@ class QuickDraw(Dataset):
             return
         stroke_format = stroke_dir.name
         scan.notes.append(f"sketches rasterised from {stroke_dir.relative_to(root).as_posix()}/*.ndjson")
+        bounds = DatasetBounds(root, stroke_dir)
         for path in sorted(stroke_dir.glob("*.ndjson")):
             class_name = extended_name(path.stem)
             rel = path.relative_to(root).as_posix()
+            problem = bounds.link_problem(str(path), path.is_dir()) if path.is_symlink() else None
+            if problem:
+                scan.skip(rel, problem)
+                continue
+            found = len(scan.items)
             offset = 0
             with open(path, "rb") as handle:
                 for number, line in enumerate(handle, start=1):
@@ -142,6 +152,8 @@ class QuickDraw(Dataset):
                             instance_id=f"{class_name}/sketch:{key_id}", path=str(path), offset=offset,
                             stroke_format=stroke_format))
                     offset += len(line)
+            if len(scan.items) == found:
+                scan.notes.append(f"{rel}: empty file, no drawings")
 
 
 def _key_id(line: bytes) -> str | None:

@@ -42,13 +42,15 @@ def standard_split(name: str) -> list[str]:
     return _class_names(resources.files("sbir.splits").joinpath(f"{name}.txt").read_text(encoding="utf-8"))
 
 
-def resolve_unseen_classes(split: str, class_names: list[str],
-                           extra_splits: dict[str, list[str]] | None = None) -> list[str]:
+def resolve_unseen_classes(split: str, class_names: list[str], extra_splits: dict[str, list[str]] | None = None,
+                           aliases: dict[str, str] | None = None) -> list[str]:
     """The dataset's own class names that a split marks unseen.
 
     ``split`` is a standard split name, a name from ``extra_splits`` (a dataset's own splits), or a path
-    to a text file of class names. Raises :class:`SbirError` naming the split and every class it lists
-    that the dataset does not have.
+    to a text file of class names. ``aliases`` (a dataset's ``class_aliases``) pair two names of one
+    class; each pair works both ways, so a split may use either
+    name whichever one the data has. A name the dataset has itself always wins over an alias. Raises
+    :class:`SbirError` naming the split and every class it lists that the dataset does not have.
     """
     extra_splits = extra_splits or {}
     if split in extra_splits:
@@ -61,11 +63,20 @@ def resolve_unseen_classes(split: str, class_names: list[str],
         names = ", ".join([*STANDARD_SPLITS, *extra_splits])
         raise SbirError(f"unknown split '{split}': not one of {names}, and no such file")
     by_key = {normalise_class_name(c): c for c in class_names}
-    unknown = [w for w in wanted if normalise_class_name(w) not in by_key]
+    other_name: dict[str, str] = {}
+    for alias, name in (aliases or {}).items():
+        other_name.setdefault(normalise_class_name(alias), normalise_class_name(name))
+        other_name.setdefault(normalise_class_name(name), normalise_class_name(alias))
+
+    def own_name(wanted_name: str) -> str | None:
+        key = normalise_class_name(wanted_name)
+        return by_key.get(key) or by_key.get(other_name.get(key, ""))
+
+    unknown = [w for w in wanted if own_name(w) is None]
     if unknown:
         raise SbirError(f"{origin}: unknown class(es) {', '.join(repr(u) for u in unknown)} "
                         f"(the dataset has {len(class_names)} classes)")
-    unseen = sorted({by_key[normalise_class_name(w)] for w in wanted})
+    unseen = sorted({own_name(w) for w in wanted})
     if len(unseen) == len(class_names):
         raise SbirError(f"{origin}: every class is unseen, nothing is left to train on")
     return unseen
