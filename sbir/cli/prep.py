@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import user_errors
+from sbir.cli import SEED, FiniteFloatRange, ImageSize, user_errors
 from sbir.splits import STANDARD_SPLITS
 
 
@@ -34,7 +34,8 @@ def main() -> None:
                    "or a folder holding the archives.")
 @click.option("--mirror", help="Base URL of a mirror serving the archives under their file names.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where the raw data goes [data/raw/DATASET].")
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic dataset.")
+@click.option("--seed", type=SEED, metavar="INTEGER", default=0, show_default=True,
+              help="Seed of the synthetic dataset.")
 @user_errors
 def download(dataset: str, source: Path | None, mirror: str | None, out: Path | None, seed: int) -> None:
     """Fetch, verify (md5) and safely extract a dataset's archives.
@@ -58,18 +59,20 @@ def download(dataset: str, source: Path | None, mirror: str | None, out: Path | 
                               "unseen class names (one per line) [the dataset's default].")
 @click.option("--raw", type=click.Path(path_type=Path), help="Raw data in the official layout [data/raw/DATASET].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True)
-@click.option("--image-size", default=256, show_default=True,
-              help="Side of the square images stored (0 keeps each image's own size).")
-@click.option("--shard-size", default=1000, show_default=True, help="Samples per tar shard.")
-@click.option("--val-fraction", default=0.1, show_default=True,
-              help="Fraction of each seen class's instances held out for validation.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the hold-out and the shuffle.")
-@click.option("--max-per-class", type=int, help="Keep only the first N images per class and modality.")
+@click.option("--image-size", type=ImageSize(), default=256, show_default=True,
+              help="Side of the square images stored, in pixels (0 keeps each image's own size).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Samples per tar shard.")
+@click.option("--val-fraction", type=FiniteFloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Fraction of each seen class's instances held out for validation (0: no val part).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the hold-out and the shuffle.")
+@click.option("--max-per-class", type=click.IntRange(min=0),
+              help="Keep only the first N images per class and modality (0 or unset: all).")
 @click.option("--strokes", type=click.Choice(["auto", "simplified", "raw"]), default="auto", show_default=True,
               help="QuickDraw ndjson stroke format to rasterise.")
-@click.option("--workers", type=int, help="Worker processes [all cores].")
-@click.option("--max-bad", default=0.01, show_default=True,
-              help="Fail when more than this fraction of the images cannot be read.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [all cores].")
+@click.option("--max-bad", type=FiniteFloatRange(0, 1), default=0.01, show_default=True,
+              help="Fail when more than this fraction of the images cannot be read (1: never).")
 @click.option("--reference-list", "reference_lists", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="SAKE-format file list ('<path> <class id>'); keep only the files listed (repeatable). "
                    "Reproduces a published split's exact counts, invalid-sketch filtering included.")
@@ -104,7 +107,7 @@ def shard(dataset: str, split: str | None, raw: Path | None, out: Path, image_si
 
 @main.command()
 @click.argument("shards", type=click.Path(path_type=Path), default=Path("data/shards"))
-@click.option("--workers", type=int, help="Worker processes [all cores].")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [all cores].")
 @user_errors
 def verify(shards: Path, workers: int | None) -> None:
     """Check a sharded dataset: shard checksums, counts per part, modality and class, every image decodes."""

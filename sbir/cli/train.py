@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import user_errors
+from sbir.cli import SEED, FiniteFloatRange, user_errors
 
 
 def _options(values: tuple[str, ...]) -> dict:
@@ -39,13 +39,17 @@ def _options(values: tuple[str, ...]) -> dict:
               help="Feature cache for --head-only; computed here from the shards when the folder has none.")
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE",
               help="A method option, repeatable (e.g. --option width=256 for zse).")
-@click.option("--steps", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
-@click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between val evaluations.")
-@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between last.pt saves.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Initial weights and batches.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Learning rate (AdamW).")
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-2, show_default=True,
+              help="AdamW weight decay (0: none).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Steps between val evaluations.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Steps between last.pt saves.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Initial weights and batches.")
 @click.option("--fine-grained", is_flag=True, help="Instance positives (a sketch's own photo).")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=Path("dvclive"), show_default=True,
               help="DVCLive logs: losses and val mAP@all per step.")
@@ -60,16 +64,15 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
     Deterministic on the CPU (same shards, options and seed: same weights); a killed run resumes from
     OUT/last.pt. Several processes: torchrun --nproc_per_node=N -m sbir.cli.main train ...
     """
+    from sbir.atomic import check_output
     from sbir.errors import SbirError
     from sbir.shards import read_index
     from sbir.train import TrainConfig
-    from sbir.training import train_model, uses_feature_cache
+    from sbir.training import is_model_folder, is_training_log, train_model, uses_feature_cache
 
-    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every),
-                        ("--checkpoint-every", checkpoint_every)):
-        if value < 1:
-            raise SbirError(f"{name} must be at least 1, got {value}")
     read_index(shards)
+    check_output(out, is_model_folder, [shards, features, log_dir])  # before caching features, not after
+    check_output(log_dir, is_training_log, [shards, features, out])
     model_params = {"method": method, "backbone": backbone, "weights": weights or None, "head_only": head_only,
                     "options": {method: _options(method_options)}}
     if uses_feature_cache(model_params) and not (features / "info.json").is_file():
