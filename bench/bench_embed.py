@@ -6,7 +6,7 @@ EfficientNet-Lite0 model in the same process:
 
 - model alone: ``model.embed`` over the test images already decoded, resized and normalised in memory,
   in the batches the pipeline makes (per shard, ``--batch-size``);
-- full path: ``sbir.embed.embed_split`` (shards -> DataLoader workers decoding -> model -> files written).
+- full path: ``sbir.retrieval.embed.embed_split`` (shards -> DataLoader workers decoding -> model -> files written).
 
 Prints images/s of both and their ratio for each (data workers, torch threads) setting; the two are
 measured alternately, best of ``--repeat``, so that other load on the machine hits both alike. Target:
@@ -27,11 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbir.datasets import get_dataset
-from sbir.embed import Normalise, embed_split, load_image, torch_threads
+from sbir.data.datasets import get_dataset
+from sbir.data.images import load_image
+from sbir.data.loader import Normalise
+from sbir.data.shards.build import shard_dataset
+from sbir.data.shards.reader import image_of, iter_tar_samples, shard_paths
 from sbir.models import create_model
-from sbir.sharding import shard_dataset
-from sbir.shards import image_of, iter_tar_samples, shard_paths
+from sbir.retrieval.embed import embed_split
+from sbir.utils.device import torch_threads
 
 DEFAULT_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sketchy-mini"
 

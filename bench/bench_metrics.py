@@ -1,4 +1,4 @@
-"""Benchmark of ``sbir.metrics`` at the real test-set sizes.
+"""Benchmark of ``sbir.retrieval.metrics`` at the real test-set sizes.
 
     python bench/bench_metrics.py [--quick] [--sample 200] [--block-size 1024] [--threads N]
                                   [--skip-sketchy] [--skip-quickdraw]
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sbir.metrics import evaluate_embeddings, evaluate_scores  # noqa: E402
+from sbir.retrieval.metrics import evaluate_embeddings, evaluate_scores
 
 SKETCHY25 = {"name": "sketchy25", "n_queries": 15_229, "n_gallery": 17_101, "n_classes": 25}
 QUICKDRAW30 = {"name": "quickdraw30", "n_queries": 92_291, "n_gallery": 54_151, "n_classes": 30}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sbir.datasets import get_dataset
-from sbir.sharding import shard_dataset
+from sbir.data.datasets import get_dataset
+from sbir.data.shards.build import shard_dataset
 
 DEFAULT_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sketchy-mini"
 

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from sbir.embed import resolve_device
 from sbir.models import create_model
+from sbir.utils.device import resolve_device
 
 BACKBONES = {"zse": "vit_base_patch16_224", "clip_prompt": "ViT-B-32"}
 CLASSES = [f"class {i}" for i in range(100)]

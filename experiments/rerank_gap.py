@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import yaml
 
-from sbir.metrics import evaluate_scores
-from sbir.sampling import PairSampler
-from sbir.shards import read_index
-from sbir.train_data import cached_train_data
-from sbir.training import build_model
+from sbir.data.shards.reader import read_index
+from sbir.models.folder import build_model
+from sbir.retrieval.metrics import evaluate_scores
+from sbir.train.inputs import cached_train_data
+from sbir.train.sampling import PairSampler
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def main() -> None:
         options[key] = yaml.safe_load(value)
     index = read_index(args.shards)
     model = build_model({"method": "zse", "backbone": "tf_efficientnet_lite0", "weights": "package",
-                         "head_only": True, "options": {"zse": options}}, index, seed=0)
+                         "head_only": True, "options": options}, index, seed=0)
     data = {part: cached_train_data(args.features, part, index["classes"], "tokens")
             for part in ("train", "val", "test")}
     train = data["train"]

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from pipeline.params import RAW, load
-from sbir.acquire import acquire
 from sbir.cli import user_errors
-from sbir.datasets import get_dataset
+from sbir.data.acquisition.acquire import acquire
+from sbir.data.datasets import get_dataset
 
 
 @user_errors

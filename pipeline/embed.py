@@ -11,24 +11,15 @@ import sys
 import numpy as np
 import torch
 
-from pipeline.params import EMBEDDINGS, FEATURES, MODEL, SHARDS, build_model, load
-from sbir.checkpoint import model_identity
+from pipeline.model import model_spec, trained_model
+from pipeline.params import EMBEDDINGS, FEATURES, MODEL, SHARDS, load
 from sbir.cli import user_errors
-from sbir.embed import embed_split
-from sbir.embeddings import Embeddings, write_embeddings
-from sbir.features import load_features
-from sbir.shards import read_index
-from sbir.train import load_weights
-from sbir.training import CACHED_INPUT, uses_feature_cache
-
-
-def trained_model(params: dict, index: dict):
-    """The model of ``params`` with its trained weights (when the method trains)."""
-    model = build_model(params, index)
-    weights = MODEL / "model.safetensors"
-    if params["model"]["method"] != "frozen" and weights.is_file():
-        load_weights(weights, model)
-    return model.eval()
+from sbir.data.shards.reader import read_index
+from sbir.models.folder import model_identity
+from sbir.retrieval.embed import embed_split
+from sbir.retrieval.embeddings import Embeddings, write_embeddings
+from sbir.train.features import load_features
+from sbir.train.run import CACHED_INPUT, uses_feature_cache
 
 
 @torch.inference_mode()
@@ -46,7 +37,7 @@ def embed_cached(model, kind: str, part: str, batch_size: int = 256) -> dict[str
 @user_errors
 def main() -> None:
     params = load()
-    model_params, embed = params["model"], params["embed"]
+    model_params, embed = model_spec(params), params["embed"]
     index = read_index(SHARDS)
     model = trained_model(params, index)
     info = {"weights": model_params["weights"], "dataset": index["dataset"], "split": index["split"],

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from pipeline.embed import trained_model
+from pipeline.model import model_spec, trained_model
 from pipeline.params import EMBEDDINGS, FEATURES, SHARDS, load
 from sbir.cli import user_errors
+from sbir.data.shards.reader import read_index
 from sbir.errors import SbirError
-from sbir.evaluate import metrics_table, model_scores, run_evaluation
-from sbir.features import load_features
-from sbir.shards import read_index
-from sbir.training import uses_feature_cache
+from sbir.retrieval.evaluate import metrics_table, model_scores, run_evaluation
+from sbir.train.features import load_features
+from sbir.train.run import uses_feature_cache
+from sbir.utils.atomic import atomic_write_text
 
 METRICS = Path("metrics/eval.json")
 RETRIEVAL = Path("metrics/retrieval.json")
@@ -34,7 +35,7 @@ def relation_scores(params: dict, mode: str, top_k: int):
     """``zse``'s relation scores of the test part: on the cached tokens (``model.head_only``), or from the
     images through the whole trained model (its pair features computed once per image, like the embeddings:
     ``embed.*`` params)."""
-    model_params, embed = params["model"], params["embed"]
+    model_params, embed = model_spec(params), params["embed"]
     if model_params["method"] != "zse":
         raise SbirError(f"retrieval.mode={mode} needs the zse method (got {model_params['method']})")
     model = trained_model(params, read_index(SHARDS))
@@ -62,7 +63,7 @@ def main() -> None:
                                     pr_levels=evaluate["pr_levels"], grid_queries=evaluate["grid_queries"],
                                     grid_top=evaluate["grid_top"], seed=evaluate["seed"], scores_fn=scores_fn)
     pairs, seconds = evaluation.pairs_scored, evaluation.seconds
-    RETRIEVAL.write_text(json.dumps({"mode": mode, "top_k": retrieval["top_k"] if mode == "rerank" else None,
+    atomic_write_text(RETRIEVAL, json.dumps({"mode": mode, "top_k": retrieval["top_k"] if mode == "rerank" else None,
                                      "relation_pairs_scored": pairs, "seconds": round(seconds, 2)},
                                     indent=1) + "\n")
     print(metrics_table(evaluation))

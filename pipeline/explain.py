@@ -1,5 +1,5 @@
 """Stage ``explain``: ``explain/`` — token correspondences and sketch-to-photo synthesis of the top photos
-retrieved for a fixed, seeded set of test queries (:func:`sbir.explain.explain_retrievals`).
+retrieved for a fixed, seeded set of test queries (:func:`sbir.explain.retrievals.explain_retrievals`).
 
 The model is rebuilt from ``data/model`` (``model.json`` + weights); queries and rankings come from
 ``data/embeddings`` (cosine; they must have been made by that model), images from the test part of
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.params import EMBEDDINGS, MODEL, SHARDS, load
-from sbir.checkpoint import load_model, model_identity
 from sbir.cli import user_errors
-from sbir.explain import explain_retrievals
+from sbir.explain.retrievals import explain_retrievals
+from sbir.models.folder import load_model, model_identity
 
 OUT = Path("explain")
 

@@ -8,8 +8,8 @@ import sys
 
 from pipeline.params import FEATURES, SHARDS, load
 from sbir.cli import user_errors
-from sbir.features import cache_features, write_no_cache
 from sbir.models import create_backbone
+from sbir.train.features import cache_features, write_no_cache
 
 
 @user_errors

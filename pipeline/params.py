@@ -18,10 +18,13 @@ from typing import Any, NamedTuple
 import yaml
 
 from sbir.cli import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SEED
-from sbir.datasets import dataset_names
+from sbir.data.datasets import dataset_names
 from sbir.errors import SbirError
-from sbir.models import backbone_names, method_names
-from sbir.training import build_model as build_model_of
+
+#: the registries' names (``sbir.models.method_names()``, ``backbone_names()``), written out so that reading
+#: params.yaml imports no model code (download and shard do not depend on it); a test keeps them equal
+METHODS = ("clip_prompt", "frozen", "linear", "zse")
+BACKBONES = ("ViT-B-32", "tf_efficientnet_lite0", "vit_base_patch16_224")
 
 RAW = Path("data/raw")
 SHARDS = Path("data/shards")
@@ -86,8 +89,8 @@ SCHEMA: dict[str, Param] = {
                                 "fraction of the seen-class instances held out for validation"),
     "shard.seed": Param(int, SEED_RANGE, "seed of the hold-out and the shuffle"),
     "shard.max_per_class": Param(int, AT_LEAST_0, "images kept per class and modality; 0 keeps all"),
-    "model.method": Param(str, tuple(method_names()), "the retrieval method"),
-    "model.backbone": Param(str, tuple(backbone_names()), "the backbone"),
+    "model.method": Param(str, METHODS, "the retrieval method"),
+    "model.backbone": Param(str, BACKBONES, "the backbone"),
     "model.weights": Param((str, None), None, "package, hub or a local weights file; '' is the backbone's default"),
     "model.head_only": Param(bool, None, "linear/zse: train the heads on the cached frozen backbone"),
     "model.options": Param(dict, None, "per-method options, {method: {option: value}}"),
@@ -245,8 +248,3 @@ def load(path: str = "params.yaml") -> dict:
         raise SbirError(f"{path}: not valid YAML{where}: {problem}") from None
     return validate(params, path)
 
-
-def build_model(params: dict, index: dict):
-    """The model ``params['model']`` describes, for the dataset of the shard ``index``, its random parts
-    initialised from ``train.seed`` (so that training starts from the same weights in every run)."""
-    return build_model_of(params["model"], index, seed=int(params["train"]["seed"]))

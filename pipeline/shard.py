@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from pipeline.params import RAW, SHARDS, load
-from sbir.acquire import resolve_raw
 from sbir.cli import user_errors
-from sbir.datasets import get_dataset
-from sbir.sharding import shard_dataset, summary_table
+from sbir.data.acquisition.acquire import resolve_raw
+from sbir.data.datasets import get_dataset
+from sbir.data.shards.build import shard_dataset, summary_table
 
 
 @user_errors

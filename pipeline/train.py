@@ -3,7 +3,7 @@ split; ``last.pt``: the resumable checkpoint; ``model.json``: what was trained) 
 
 ``frozen`` trains nothing and writes only ``model.json``. Methods on the feature cache (``model.head_only``)
 train their heads on ``data/features``; the others train on images decoded from the shards
-(:func:`sbir.training.train_model`, also behind ``sbir train``).
+(:func:`sbir.train.run.train_model`, also behind ``sbir train``).
 Several processes: ``torchrun --nproc_per_node=N -m pipeline.train``.
 """
 
@@ -12,10 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.model import model_spec
 from pipeline.params import FEATURES, MODEL, SHARDS, load
 from sbir.cli import user_errors
-from sbir.train import TrainConfig
-from sbir.training import train_model
+from sbir.cli.live import DVCLiveLogger
+from sbir.train.loop import TrainConfig
+from sbir.train.run import train_model
 
 
 @user_errors
@@ -23,9 +25,11 @@ def main() -> None:
     params = load()
     train_params = params["train"]
     config = TrainConfig(**{k: train_params[k] for k in TrainConfig.__dataclass_fields__})
-    info = train_model(params["model"], config, SHARDS, MODEL, features=FEATURES, log_dir=Path("dvclive"),
+    logger = DVCLiveLogger(Path("dvclive"), inputs=[SHARDS, FEATURES, MODEL])
+    info = train_model(model_spec(params), config, SHARDS, MODEL, features=FEATURES, callbacks=[logger],
                        progress=sys.stderr.isatty())
     if not info["trained"]:
+        logger.nothing_trained()
         print(f"{info['method']}: nothing to train")
         return
     summary = info["summary"]

@@ -1,4 +1,4 @@
-"""The whole acquisition flow of ``sbir.acquire.acquire``, offline: tiny archives in the official layouts,
+"""The whole acquisition flow of ``acquire``, offline: tiny archives in the official layouts,
 served by a local HTTP mirror or lying in a folder, or an extracted copy used in place."""
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import py7zr
 import pytest
 from PIL import Image
 
-from sbir import download
-from sbir.acquire import COMPLETE, LOCAL_COPY, acquire, fingerprint, resolve_raw
-from sbir.datasets import get_dataset
-from sbir.datasets.sketchy import Sketchy
-from sbir.datasets.tuberlin import TUBerlin
+from sbir.data.acquisition import download
+from sbir.data.acquisition.acquire import COMPLETE, LOCAL_COPY, acquire, resolve_raw
+from sbir.data.datasets import get_dataset
+from sbir.data.datasets.sketchy import Sketchy
+from sbir.data.datasets.tuberlin import TUBerlin
+from sbir.data.shards.build import shard_dataset
+from sbir.data.shards.reader import iter_tar_samples
 from sbir.errors import SbirError
-from sbir.sharding import shard_dataset
-from sbir.shards import iter_tar_samples
+from sbir.utils.hashing import folder_fingerprint
 
 AUG = "tx_000000000000"
 RENDERED, INFO, EXTEND = "rendered_256x256.7z", "info-06-04.7z", "EXTEND_image_sketchy.zip"
@@ -313,7 +314,7 @@ def test_source_folder_of_archives_needs_no_server(sketchy_archives, sketchy_md5
 
 def test_source_in_the_layout_is_used_in_place(sketchy_archives, offline, tmp_path, capsys) -> None:
     layout = sketchy_archives.layout
-    before = fingerprint(layout)
+    before = folder_fingerprint(layout)
     out = tmp_path / "raw"
     assert acquire(get_dataset("sketchy"), out, source=layout, progress=False) == out
     assert sorted(p.name for p in out.iterdir()) == [COMPLETE, LOCAL_COPY]  # no copy made
@@ -325,7 +326,7 @@ def test_source_in_the_layout_is_used_in_place(sketchy_archives, offline, tmp_pa
     assert resolve_raw(out) == layout.resolve()
     assert resolve_raw(layout) == layout  # a folder without a pointer is its own raw folder
     assert "using the local copy" in capsys.readouterr().err
-    assert fingerprint(layout) == before
+    assert folder_fingerprint(layout) == before
     assert offline == []
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from sbir import archives
-from sbir.archives import extract
+from sbir.data.acquisition import archives
+from sbir.data.acquisition.archives import extract
 from sbir.errors import SbirError
 
 CONTENT = {

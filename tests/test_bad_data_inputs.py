@@ -15,18 +15,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sbir.cli.prep import main
-from sbir.datasets import get_dataset
-from sbir.datasets.quickdraw import EXTENDED_NAMES
+from sbir.data.datasets import get_dataset
+from sbir.data.datasets.quickdraw import EXTENDED_NAMES
+from sbir.data.shards.build import shard_dataset, verify_sharded
+from sbir.data.shards.reader import iter_tar_samples, read_index, shard_paths
+from sbir.data.shards.writer import TarShardWriter, tar_member
+from sbir.data.splits import resolve_unseen_classes
 from sbir.errors import SbirError
-from sbir.sharding import shard_dataset, verify_sharded
-from sbir.shards import (
-    TarShardWriter,
-    iter_tar_samples,
-    read_index,
-    shard_paths,
-    tar_member,
-)
-from sbir.splits import resolve_unseen_classes
 
 AUG = "tx_000000000000"
 

@@ -1,17 +1,16 @@
-"""A trained model folder rebuilds the model it was trained as (sbir.checkpoint)."""
+"""A trained model folder rebuilds the model it was trained as (sbir.models.folder)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sbir.checkpoint import description, load_model, read_description, write_description
 from sbir.errors import SbirError
 from sbir.models import create_model
-from sbir.train import save_weights, trained_state
+from sbir.models.folder import description, load_model, read_description, save_weights, trained_state, write_description
 
 ZSE = {"method": "zse", "backbone": "tf_efficientnet_lite0", "weights": None, "head_only": True,
-       "options": {"zse": {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4}}}
+       "options": {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4}}
 
 
 def trained_folder(tmp_path, model_params=ZSE):

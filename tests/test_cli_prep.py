@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from sbir.acquire import COMPLETE, LOCAL_COPY
 from sbir.cli.prep import main
-from sbir.datasets import dataset_names, get_dataset
-from sbir.shards import iter_tar_samples
-from sbir.splits import standard_split
+from sbir.data.acquisition.acquire import COMPLETE, LOCAL_COPY
+from sbir.data.datasets import dataset_names, get_dataset
+from sbir.data.shards.reader import iter_tar_samples
+from sbir.data.splits import standard_split
 
 AUG = "tx_000000000000"
 MAX_PER_CLASS = 3

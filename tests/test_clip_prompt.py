@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sbir.data.images import ImageConfig
 from sbir.errors import SbirError
 from sbir.models import create_model, method_names
-from sbir.models.backbones import ImageConfig, OpenClipBackbone
+from sbir.models.backbones import OpenClipBackbone
 from sbir.models.clip_prompt import (
     ClipPrompt,
     category_mean_distances,

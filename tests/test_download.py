@@ -16,10 +16,11 @@ from pathlib import Path
 import gdown
 import pytest
 
-from sbir import download
-from sbir.datasets.base import Source
-from sbir.download import drive_download, fetch_source, http_download, md5sum, verify_md5
+from sbir.data.acquisition import download
+from sbir.data.acquisition.download import drive_download, fetch_source, http_download, verify_md5
+from sbir.data.datasets.base import Source
 from sbir.errors import SbirError
+from sbir.utils.hashing import file_digest
 
 DATA = os.urandom(300_000)
 MD5 = hashlib.md5(DATA).hexdigest()
@@ -151,7 +152,7 @@ def test_md5sum_and_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(download, "CHUNK_SIZE", 4096)  # several chunks
     path = tmp_path / "f.bin"
     path.write_bytes(DATA)
-    assert md5sum(path) == MD5
+    assert file_digest(path, "md5") == MD5
     verify_md5(path, MD5)
     verify_md5(path, MD5.upper())
     verify_md5(path, None)

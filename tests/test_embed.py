@@ -13,13 +13,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-import sbir.embed
-from sbir.embed import Normalise, embed_split, load_image
-from sbir.embeddings import read_embeddings, read_info, write_embeddings
+import sbir.data.loader
+from sbir.data.images import ImageConfig, load_image
+from sbir.data.loader import Normalise
+from sbir.data.shards.reader import INDEX_NAME, iter_tar_samples
+from sbir.data.shards.writer import TarShardWriter, sample_bytes, sample_metadata
 from sbir.errors import SbirError
 from sbir.models import create_model
-from sbir.models.backbones import Backbone, ImageConfig, TokenFeatures
-from sbir.shards import INDEX_NAME, TarShardWriter, iter_tar_samples, sample_bytes, sample_metadata
+from sbir.models.backbones import Backbone, TokenFeatures
+from sbir.retrieval.embed import embed_split
+from sbir.retrieval.embeddings import read_embeddings, read_info, write_embeddings
 
 SIZE = 32
 
@@ -88,14 +91,14 @@ def tiny_shards(tmp_path) -> tuple[Path, dict[str, list[str]]]:
 def read_log(monkeypatch, tmp_path) -> Path:
     """Every shard opened by the embedding code, also from worker processes, one line per read."""
     log = tmp_path / "reads.log"
-    original = sbir.embed.iter_tar_samples
+    original = sbir.data.loader.iter_tar_samples
 
     def counting(path):
         with open(log, "a") as handle:
             handle.write(f"{path}\n")
         yield from original(path)
 
-    monkeypatch.setattr(sbir.embed, "iter_tar_samples", counting)
+    monkeypatch.setattr(sbir.data.loader, "iter_tar_samples", counting)
     return log
 
 
@@ -202,7 +205,7 @@ def test_normalise_is_channels_last_and_exact():
 
 
 def test_write_embeddings_roundtrip(tmp_path):
-    from sbir.embeddings import Embeddings
+    from sbir.retrieval.embeddings import Embeddings
 
     vectors = np.arange(6, dtype=np.float64).reshape(3, 2)
     emb = Embeddings(vectors, ["a", "b", "c"], ["x", "x", "y"], ["x/1", "x/2", "y/3"])
@@ -215,8 +218,8 @@ def test_write_embeddings_roundtrip(tmp_path):
 def test_sketch_only_part_gives_an_empty_photo_array(tmp_path):
     """TU-Berlin without its Extended photos has sketches only: they embed (a cross-dataset query set), the
     photos are an empty [0, D] array, and evaluating that folder alone is refused."""
-    from sbir.embeddings import read_embeddings
-    from sbir.evaluate import evaluate
+    from sbir.retrieval.embeddings import read_embeddings
+    from sbir.retrieval.evaluate import evaluate
 
     write_shards(tmp_path / "shards", {"sketch": [3]}, paired=False)
     info = embed_split(create_model("frozen", TinyBackbone()), tmp_path / "shards", tmp_path / "emb", workers=0,

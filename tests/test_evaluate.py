@@ -15,10 +15,11 @@ from PIL import Image
 from test_embed import TinyBackbone, write_shards
 
 from sbir.cli.main import main as sbir_cli
-from sbir.embed import embed_split
-from sbir.embeddings import Embeddings, read_embeddings
 from sbir.errors import SbirError
-from sbir.evaluate import (
+from sbir.models import create_model
+from sbir.retrieval.embed import embed_split
+from sbir.retrieval.embeddings import Embeddings, read_embeddings
+from sbir.retrieval.evaluate import (
     CATEGORY_METRICS,
     FINE_GRAINED_METRICS,
     cosine_scores,
@@ -29,8 +30,7 @@ from sbir.evaluate import (
     run_evaluation,
     top_k,
 )
-from sbir.metrics import evaluate_embeddings
-from sbir.models import create_model
+from sbir.retrieval.metrics import evaluate_embeddings
 
 CATEGORY_KEYS = ["map_all", "map_all_voc", "map_200", "map_200_voc", "prec_100", "prec_200"]
 
@@ -158,8 +158,8 @@ def test_cli_embed_and_evaluate(tmp_path):
 @pytest.mark.slow
 def test_frozen_effnet_baseline_on_sketchy_mini(sketchy_mini, tmp_path):
     """The real baseline on real data: sketchy21's 21 unseen classes (chance mAP about 1/21), twice."""
-    from sbir.datasets import get_dataset
-    from sbir.sharding import shard_dataset
+    from sbir.data.datasets import get_dataset
+    from sbir.data.shards.build import shard_dataset
 
     shards = tmp_path / "shards"
     shard_dataset(get_dataset("sketchy"), sketchy_mini, shards, "sketchy21", image_size=None, workers=2,
@@ -198,7 +198,7 @@ def test_cross_dataset_gallery_from_another_embeddings_folder(tiny_run, tmp_path
 
 
 def test_cli_embed_with_a_trained_model_folder(tmp_path):
-    from sbir.checkpoint import description, write_description
+    from sbir.models.folder import description, write_description
 
     shards, model_dir = tmp_path / "shards", tmp_path / "model"
     write_shards(shards, {"sketch": [2], "photo": [2]}, paired=False)

@@ -22,27 +22,24 @@ from PIL import Image
 from test_embed import write_shards
 from test_zse import TinyCNN, tiny_vit
 
-from sbir.checkpoint import description, write_description
 from sbir.cli.main import main as sbir_cli
-from sbir.embeddings import Embeddings, write_embeddings
+from sbir.data.loader import model_input
 from sbir.errors import SbirError
-from sbir.explain import (
+from sbir.explain.correspondence import (
     CROSS_ATTENTION,
     PATCH_COSINE,
-    OverviewRow,
     correspondences,
-    draw_matches,
     explain_pair,
-    explain_retrievals,
-    figure_array,
-    model_input,
-    overview_figure,
-    pair_figure,
     synthesise,
     top_matches,
 )
+from sbir.explain.figures import OverviewRow, draw_matches, overview_figure, pair_figure
+from sbir.explain.retrievals import explain_retrievals
 from sbir.models import create_model
+from sbir.models.folder import description, write_description
 from sbir.models.zse import ZSESBIR
+from sbir.retrieval.embeddings import Embeddings, write_embeddings
+from sbir.utils.figures import figure_array
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_ZSE = {"heads": 4, "ffn_dim": 32, "anchor_dim": 8}
@@ -107,7 +104,7 @@ def test_zse_correspondences_are_its_cross_attention_weights(name):
     sketch, photo = sketch_like(size, 0), rgb(size, 1)
     found = correspondences(model, sketch, photo)
     with torch.inference_mode():
-        inputs = model_input(model, [sketch]), model_input(model, [photo])
+        inputs = model_input([sketch], model.image_config), model_input([photo], model.image_config)
         pair = model.pair(*inputs)
         tokens = model.tokens(inputs[0], "sketch"), model.tokens(inputs[1], "photo")
     expected = pair.attention.sketch_attention[0].mean(dim=0).numpy()  # [1 + Ns, 1 + Np], mean over heads
@@ -151,7 +148,7 @@ def test_models_without_cross_attention_fall_back_to_patch_cosine(method, backbo
     sketch, photo = sketch_like(112, 4), rgb(112, 5)
     found = correspondences(model, sketch, photo)
     with torch.inference_mode():
-        tokens = model.backbone.forward_tokens(model_input(model, [sketch, photo])).tokens
+        tokens = model.backbone.forward_tokens(model_input([sketch, photo], model.image_config)).tokens
     patches = tokens[:, model.backbone.num_prefix_tokens:]  # the ViT's CLS is not a patch
     cosine = (F.normalize(patches[0], dim=-1) @ F.normalize(patches[1], dim=-1).T).numpy()
     assert found.source == PATCH_COSINE and found.attention is None and found.relation is None
@@ -229,7 +226,7 @@ def test_cli_writes_the_picture_synthesis_and_record(frozen_folder, user_images,
 
 def test_cli_zse_draws_cross_attention(monkeypatch, user_images, tmp_path):
     """The CLI's zse path, with a tiny model in place of the loaded folder."""
-    monkeypatch.setattr("sbir.checkpoint.load_model", lambda path, device=None: zse_model("head-only CNN 7x7"))
+    monkeypatch.setattr("sbir.models.folder.load_model", lambda path, device=None: zse_model("head-only CNN 7x7"))
     result = run_cli("--sketch", str(user_images["sketch"]), "--photo", str(user_images["photo"]),
                      "--out", str(tmp_path))
     assert result.exit_code == 0, result.output

@@ -6,13 +6,13 @@ import json
 
 import torch
 
-from sbir.datasets import get_dataset
-from sbir.datasets.synthetic import generate
-from sbir.features import cache_features, load_features
+from sbir.data.datasets import get_dataset
+from sbir.data.datasets.synthetic import generate
+from sbir.data.shards.build import shard_dataset
+from sbir.data.shards.reader import iter_tar_samples, shard_paths
 from sbir.models import create_backbone
-from sbir.sharding import shard_dataset
-from sbir.shards import iter_tar_samples, shard_paths
-from sbir.train_data import cached_train_data
+from sbir.train.features import cache_features, load_features
+from sbir.train.inputs import cached_train_data
 
 
 def test_cache_matches_the_shards_and_the_backbone(tmp_path):
@@ -36,7 +36,8 @@ def test_cache_matches_the_shards_and_the_backbone(tmp_path):
             assert features.pooled.shape == (len(keys), 1280) and features.tokens.shape == (len(keys), 49, 1280)
             assert features.tokens.dtype == torch.float16
     # the cached pooled feature is the backbone's own output for that image
-    from sbir.embed import Normalise, load_image
+    from sbir.data.images import load_image
+    from sbir.data.loader import Normalise
 
     first = next(iter_tar_samples(shard_paths(shards, "test", "photo")[0]))
     config = backbone.image_config

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir.data.images import ImageConfig
 from sbir.errors import SbirError
 from sbir.models import create_model, method_names
-from sbir.models.backbones import Backbone, ImageConfig, TokenFeatures
+from sbir.models.backbones import Backbone, TokenFeatures
 from sbir.models.linear import LinearProjection, projection_head
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sbir.losses import (
+from sbir.models.losses import (
     RelationMSELoss,
     TripletLoss,
     ZSELoss,

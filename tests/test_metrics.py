@@ -1,4 +1,4 @@
-"""Tests of ``sbir.metrics`` against naive, obviously-correct per-query references written here."""
+"""Tests of ``sbir.retrieval.metrics`` against naive, obviously-correct per-query references written here."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from sbir import metrics
-from sbir.metrics import evaluate_embeddings, evaluate_scores, precision_recall_curve_points
+from sbir.retrieval import metrics
+from sbir.retrieval.metrics import evaluate_embeddings, evaluate_scores, precision_recall_curve_points
 
 CATEGORY_KEYS = ("map_all", "map_all_voc", "map_200", "map_200_voc", "prec_100", "prec_200")
 

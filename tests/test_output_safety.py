@@ -1,5 +1,5 @@
 """No command deletes or overwrites what it did not write: every output is checked before anything is
-touched (:mod:`sbir.atomic`), a killed run's temporaries never look complete and are cleaned by the next
+touched (:mod:`sbir.utils.atomic`), a killed run's temporaries never look complete and are cleaned by the next
 run, and file-system refusals are one-line errors."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from PIL import Image
 from test_cli_prep import tiny_sketchy
 
-from sbir.atomic import INCOMPLETE, atomic_dir, check_output, clean_stale
 from sbir.cli.main import main as sbir_main
 from sbir.cli.prep import main as prep_main
 from sbir.errors import SbirError
+from sbir.utils.atomic import INCOMPLETE, atomic_dir, check_output, clean_stale
 
 
 def runner() -> CliRunner:

@@ -202,3 +202,13 @@ def test_shard_stage_with_a_wrong_type_exits_2_with_one_line(tmp_path) -> None:
         "error: params.yaml: shard.image_size is 'big'; expected an integer, 0 or in [16, 4096] (side of the square "
         "images in the shards; 0 keeps each image's size)"]
     assert result.stdout == ""
+
+
+def test_the_written_out_choices_are_the_registries():
+    """params.py lists the methods and backbones itself (reading params.yaml imports no model code); they must
+    be exactly what the registries hold."""
+    from pipeline.params import BACKBONES, METHODS
+    from sbir.models import backbone_names, method_names
+
+    assert list(METHODS) == method_names() and len(METHODS) == 4
+    assert list(BACKBONES) == backbone_names() and len(BACKBONES) == 3

@@ -15,12 +15,13 @@ import yaml
 from test_embed import write_shards
 from test_zse import SMALL, tiny_vit
 
-from sbir.embed import embed_split, load_image, pair_features_split
+from sbir.data.images import load_image
+from sbir.data.shards.reader import iter_tar_samples
 from sbir.errors import SbirError
-from sbir.evaluate import model_scores
-from sbir.metrics import evaluate_scores
 from sbir.models.zse import ZSESBIR
-from sbir.shards import iter_tar_samples
+from sbir.retrieval.embed import embed_split, pair_features_split
+from sbir.retrieval.evaluate import model_scores
+from sbir.retrieval.metrics import evaluate_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,17 +103,16 @@ def test_cli_evaluate_relation_modes_with_a_model_folder(tmp_path):
     --model, with another model, and for a method without a relation network."""
     from click.testing import CliRunner
 
-    from sbir.checkpoint import description, load_model, write_description
     from sbir.cli.main import main as sbir_cli
     from sbir.models import create_model
-    from sbir.train import save_weights
+    from sbir.models.folder import description, load_model, save_weights, write_description
 
     shards, model_dir = tmp_path / "shards", tmp_path / "model"
     write_shards(shards, {"sketch": [3, 2], "photo": [4]})
     model_dir.mkdir()
     options = {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4}
     write_description(model_dir, description({"method": "zse", "backbone": "tf_efficientnet_lite0", "head_only": True,
-                                              "options": {"zse": options}}, None, random_init=True))
+                                              "options": options}, None, random_init=True))
     # seed 0: the seed load_model rebuilds a model folder's random parts with when it records no training
     model = create_model("zse", "tf_efficientnet_lite0", random_init=True, head_only=True, seed=0, **options)
     torch.manual_seed(3)
@@ -154,7 +154,7 @@ def test_cli_evaluate_relation_modes_with_a_model_folder(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     write_description(other, description({"method": "zse", "backbone": "tf_efficientnet_lite0", "head_only": True,
-                                          "options": {"zse": options}}, None, random_init=True))
+                                          "options": options}, None, random_init=True))
     save_weights(other / "model.safetensors", create_model("zse", "tf_efficientnet_lite0", random_init=True,
                                                            head_only=True, seed=4, **options))
     result = runner.invoke(sbir_cli, [*common, "--mode", "relation", "--model", str(other)])

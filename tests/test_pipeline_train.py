@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from sbir.checkpoint import read_description
+from sbir.models.folder import read_description
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_features_stage_makes_no_cache_when_nothing_reads_it(tmp_path, monkeypat
     import pytest
 
     from sbir.errors import SbirError
-    from sbir.training import check_feature_cache
+    from sbir.train.run import check_feature_cache
 
     if str(ROOT) not in sys.path:
         monkeypatch.syspath_prepend(str(ROOT))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import shared
 
-from sbir.datasets import RawItem, get_dataset
-from sbir.sharding import filter_by_reference, plan_split, read_reference_lists, shard_dataset
-from sbir.splits import normalise_class_name, resolve_unseen_classes
+from sbir.data.datasets import RawItem, get_dataset
+from sbir.data.shards.build import filter_by_reference, plan_split, read_reference_lists, shard_dataset
+from sbir.data.splits import normalise_class_name, resolve_unseen_classes
 
 CASES = {  # split: (reference folder, sketch lists, photo lists, test sketches, test photos, train sketches, photos)
     "sketchy21": ("Sketchy/zeroshot0", "sketch_tx_000000000000_ready_filelist_{}.txt", "all_photo_filelist_{}.txt",

@@ -1,4 +1,4 @@
-"""``sbir search`` / ``sbir index`` (sbir.search): a person's own sketch accepted or refused with one clear line,
+"""``sbir search`` / ``sbir index``: a person's own sketch accepted or refused with one clear line,
 folders indexed with bad files skipped and reported, the model checked against the index, the result grid,
 rerank = the relation order on the shortlist, and the paired photo ranked first by a trained model on the
 synthetic data.
@@ -19,26 +19,19 @@ import torch
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from sbir.checkpoint import description, model_identity, write_description
 from sbir.cli.main import main
-from sbir.embed import torch_threads
-from sbir.embeddings import Embeddings, read_embeddings, read_info, write_embeddings
+from sbir.data.images import load_user_image
+from sbir.data.loader import model_input
 from sbir.errors import SbirError
-from sbir.images import load_user_image
 from sbir.models import create_model
-from sbir.search import (
-    check_model,
-    grid_size,
-    index_folder,
-    model_input,
-    open_gallery,
-    photo_files,
-    search,
-)
-from sbir.train import TrainConfig, TrainData, save_weights, train
+from sbir.models.folder import description, model_identity, save_weights, write_description
+from sbir.retrieval.embeddings import Embeddings, read_embeddings, read_info, write_embeddings
+from sbir.retrieval.search import check_model, grid_size, index_folder, open_gallery, photo_files, search
+from sbir.train.loop import TrainConfig, TrainData, train
+from sbir.utils.device import torch_threads
 
 TINY_ZSE = {"method": "zse", "backbone": "tf_efficientnet_lite0", "weights": None, "head_only": True,
-            "options": {"zse": {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4}}}
+            "options": {"width": 16, "heads": 2, "ffn_dim": 8, "anchor_dim": 4}}
 SIZE = 224
 
 
@@ -339,13 +332,13 @@ def test_a_trained_model_ranks_the_paired_photo_first_on_synthetic_data(tmp_path
     setup from 0.75 to 0.85. Not every query is right — the other photo of the same class is a hard negative
     for pooled features — so the test asserts at least half (5x chance, above the untrained baseline).
     """
-    from sbir.datasets.synthetic import CLASS_NAMES, UNSEEN_CLASSES, generate
+    from sbir.data.datasets.synthetic import CLASS_NAMES, UNSEEN_CLASSES, generate
 
     data = generate(tmp_path / "synthetic", seed=0, classes_count=20, photos_per_class=2, sketches_per_photo=2,
                     workers=1, progress=False)
     seen = [name for name in CLASS_NAMES if name not in UNSEEN_CLASSES]
     model_params = {"method": "linear", "backbone": "tf_efficientnet_lite0", "weights": "package",
-                    "options": {"linear": {"head": "linear"}}}
+                    "options": {"head": "linear"}}
     info = description(model_params, None, trained=True)
     model = create_model("linear", "tf_efficientnet_lite0", weights="package", **info["options"])
     config, cpu = model.image_config, torch.device("cpu")

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbir import sharding
-from sbir.datasets import get_dataset
+from sbir.data.datasets import get_dataset
+from sbir.data.images import decode
+from sbir.data.shards import build as sharding
+from sbir.data.shards.build import shard_dataset, verify_sharded
+from sbir.data.shards.reader import iter_tar_samples, read_index
+from sbir.data.splits import normalise_class_name, standard_split
 from sbir.errors import SbirError
-from sbir.images import decode
-from sbir.sharding import shard_dataset, verify_sharded
-from sbir.shards import iter_tar_samples, read_index, sha256_file
-from sbir.splits import normalise_class_name, standard_split
+from sbir.utils.hashing import file_digest
 
 AUG = "tx_000000000000"
 
@@ -136,7 +137,7 @@ def test_quickdraw_ndjson_rasterised_with_extended_names(quickdraw_mini, tmp_pat
     for part in ("train", "val", "test"):
         counts.update(index["counts"][part]["sketch"])
         assert index["counts"][part]["photo"] == {}
-    from sbir.datasets.quickdraw import extended_name
+    from sbir.data.datasets.quickdraw import extended_name
     assert counts == Counter({extended_name(k): v for k, v in lines.items()})
     sample = next(iter_tar_samples(out / "test" / "sketch-000000.tar"))
     image = decode(sample["png"])
@@ -299,7 +300,7 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path, method):
 
     import webdataset as wds
 
-    from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, TarShardWriter, sample_bytes
+    from sbir.data.shards.writer import SHARD_MTIME, TAR_MODE, TAR_OWNER, TarShardWriter, sample_bytes
 
     samples = [(f"photo_cat_{i}", bytes(j % 251 for j in range(i, i + 700 + 37 * i)), "jpg", i, b'{"class":"cat"}')
                for i in range(5)]
@@ -317,7 +318,7 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path, method):
     writer.close()
     assert count == 5
     assert path.read_bytes() == reference.getvalue()
-    assert digest == sha256_file(path)
+    assert digest == file_digest(path)
     with tarfile.open(path) as tar:
         assert tar.getnames()[:3] == ["photo_cat_0.cls", "photo_cat_0.jpg", "photo_cat_0.json"]
 
@@ -327,7 +328,7 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path, method):
 def test_fast_tar_header_equals_tarfile(name, size):
     import tarfile
 
-    from sbir.shards import SHARD_MTIME, TAR_MODE, TAR_OWNER, tar_member
+    from sbir.data.shards.writer import SHARD_MTIME, TAR_MODE, TAR_OWNER, tar_member
 
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, SHARD_MTIME, TAR_MODE

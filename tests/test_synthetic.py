@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sbir.datasets import get_dataset
-from sbir.datasets.synthetic import CLASS_NAMES, MANIFEST, UNSEEN_CLASSES, Synthetic, generate
+from sbir.data.datasets import get_dataset
+from sbir.data.datasets.synthetic import CLASS_NAMES, MANIFEST, UNSEEN_CLASSES, Synthetic, generate
 from sbir.errors import SbirError
 
 SMALL = {"classes_count": 4, "photos_per_class": 3, "sketches_per_photo": 2}

@@ -14,8 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from sbir.sampling import PairSampler
-from sbir.train import TrainConfig, TrainData, load_checkpoint, load_weights, train
+from sbir.cli.live import DVCLiveLogger
+from sbir.models.folder import load_weights
+from sbir.train.callbacks import TrainCallback
+from sbir.train.checkpoint import load_checkpoint
+from sbir.train.loop import TrainConfig, TrainData, train
+from sbir.train.sampling import PairSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +80,7 @@ def test_fine_grained_sampler_uses_the_paired_photo():
 def test_training_lowers_loss_and_improves_val(tmp_path):
     model = ToyModel()
     config = TrainConfig(steps=60, batch_size=32, lr=1e-2, eval_every=20, checkpoint_every=20)
-    from sbir.train import validate
+    from sbir.train.loop import validate
 
     before = validate(model, toy_data(1), torch.device("cpu"))["map_all"]
     first_loss = float(model(_batch(model))[0].detach())
@@ -89,7 +93,7 @@ def test_training_lowers_loss_and_improves_val(tmp_path):
 
 
 def test_training_runs_with_deterministic_algorithms_on_cpu(tmp_path):
-    from sbir.train import deterministic_on_cpu
+    from sbir.train.loop import deterministic_on_cpu
 
     model, seen = ToyModel(), []
     forward = model.forward
@@ -118,11 +122,13 @@ def _batch(model):
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
     config = TrainConfig(steps=40, batch_size=16, lr=1e-2, eval_every=10, checkpoint_every=10)
     straight = ToyModel()
-    train(straight, toy_data(0), toy_data(1), config, tmp_path / "a", log_dir=tmp_path / "a-log", progress=False)
+    train(straight, toy_data(0), toy_data(1), config, tmp_path / "a", callbacks=[DVCLiveLogger(tmp_path / "a-log")],
+          progress=False)
 
     class Killed(Exception):
         pass
 
+    killed_run, resumed_run = Recorder(), Recorder()
     interrupted = ToyModel()
     calls = {"n": 0}
     original = interrupted.forward
@@ -135,13 +141,14 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
 
     interrupted.forward = dying_forward
     with pytest.raises(Killed):
-        train(interrupted, toy_data(0), toy_data(1), config, tmp_path / "b", log_dir=tmp_path / "b-log",
-              progress=False)
+        train(interrupted, toy_data(0), toy_data(1), config, tmp_path / "b",
+              callbacks=[DVCLiveLogger(tmp_path / "b-log"), killed_run], progress=False)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 20
     killed_log = (tmp_path / "b-log" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert killed_log[0] == "step\tloss" and killed_log[-1].startswith("25\t")  # steps 21-25: logged, lost
     resumed = ToyModel()  # a fresh process: new model, state from the checkpoint
-    train(resumed, toy_data(0), toy_data(1), config, tmp_path / "b", log_dir=tmp_path / "b-log", progress=False)
+    train(resumed, toy_data(0), toy_data(1), config, tmp_path / "b",
+          callbacks=[DVCLiveLogger(tmp_path / "b-log"), resumed_run], progress=False)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
@@ -156,6 +163,35 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     val_steps = [row.split("\t")[0] for row in
                  (tmp_path / "a-log" / "plots" / "metrics" / "val" / "map_all.tsv").read_text().splitlines()[1:]]
     assert val_steps == ["10", "20", "30", "40"]
+    # what the callbacks saw: the killed run from 0, the resumed one from the checkpoint's step 20
+    assert killed_run.events[0] == ("start", 0, False) and killed_run.steps() == list(range(1, 26))
+    assert [e for e in killed_run.events if e[0] == "end"] == []
+    assert resumed_run.events[0] == ("start", 20, True) and resumed_run.steps() == list(range(21, 41))
+    assert resumed_run.val_steps() == [30, 40] and resumed_run.events[-1][0] == "end"
+    assert list(resumed_run.metrics[-1]) == ["train/loss", "train/triplet", "val/map_all"]  # in this order
+
+
+class Recorder(TrainCallback):
+    """Every report of the training loop, in order."""
+
+    def __init__(self):
+        self.events, self.metrics = [], []
+
+    def on_start(self, step, resumed):
+        self.events.append(("start", step, resumed))
+
+    def on_step(self, step, metrics):
+        self.events.append(("step", step))
+        self.metrics.append(dict(metrics))
+
+    def on_end(self, summary):
+        self.events.append(("end", summary["steps"]))
+
+    def steps(self) -> list[int]:
+        return [e[1] for e in self.events if e[0] == "step"]
+
+    def val_steps(self) -> list[int]:
+        return [step for step, m in zip(self.steps(), self.metrics) if "val/map_all" in m]
 
 
 def test_checkpoint_refuses_pickled_code(tmp_path):
@@ -171,12 +207,14 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
 SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-from test_train import ToyModel, toy_data
-from sbir.train import TrainConfig, train
+from test_train import Recorder, ToyModel, toy_data
+from sbir.train.loop import TrainConfig, train
+recorder = Recorder()
 summary = train(ToyModel(), toy_data(0), toy_data(1), TrainConfig(steps=6, batch_size=8, eval_every=3,
-                checkpoint_every=3), {out!r}, progress=False)
+                checkpoint_every=3), {out!r}, callbacks=[recorder], progress=False)
 rank = torch.distributed.get_rank()
-print(f"rank {{rank}} of {{torch.distributed.get_world_size()}} steps {{summary['steps']}}")
+print(f"rank {{rank}} of {{torch.distributed.get_world_size()}} steps {{summary['steps']}} "
+      f"reports {{len(recorder.events)}}")
 torch.distributed.destroy_process_group()
 """
 
@@ -189,7 +227,8 @@ def test_two_process_gloo_training(tmp_path):
                              "--rdzv-endpoint=127.0.0.1:0", "--rdzv-backend=c10d",
                              str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 0 of 2 steps 6" in result.stdout and "rank 1 of 2 steps 6" in result.stdout
+    # both ranks train every step; only rank 0 reports (start, 6 steps, end)
+    assert "rank 0 of 2 steps 6 reports 8" in result.stdout and "rank 1 of 2 steps 6 reports 0" in result.stdout
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 

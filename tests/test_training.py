@@ -1,4 +1,4 @@
-"""``sbir train`` and :func:`sbir.training.train_model`: the same inputs and seed give the same weights
+"""``sbir train`` and :func:`sbir.train.run.train_model`: the same inputs and seed give the same weights
 whatever torch's global random state was (two zse runs of the quality table once differed from step 0
 because the heads were initialised from it), the feature cache is made when missing and refused when it
 belongs to another backbone, and bad options give one line and exit status 2."""
@@ -12,15 +12,15 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from sbir.checkpoint import read_description
 from sbir.cli.main import main
-from sbir.datasets import get_dataset
-from sbir.datasets.synthetic import generate
+from sbir.data.datasets import get_dataset
+from sbir.data.datasets.synthetic import generate
+from sbir.data.shards.build import shard_dataset
 from sbir.errors import SbirError
 from sbir.models import create_model
-from sbir.sharding import shard_dataset
-from sbir.train import TrainConfig
-from sbir.training import train_model
+from sbir.models.folder import read_description
+from sbir.train.loop import TrainConfig
+from sbir.train.run import train_model
 
 TINY_ZSE_OPTIONS = ["--option", "width=16", "--option", "heads=2", "--option", "ffn_dim=8", "--option", "anchor_dim=4"]
 
@@ -105,7 +105,7 @@ def test_sbir_train_with_batch_relation_pairs_and_distillation(shards, tmp_path)
     assert info["options"]["relation_pairs"] == "batch" and info["options"]["distill_weight"] == 1.0
     logged = json.loads((tmp_path / "distilled-log" / "metrics.json").read_text())
     assert logged["train"]["distill"] > 0 and logged["train"]["mutual"] > 0 and logged["train"]["relation"] > 0
-    from sbir.checkpoint import load_model
+    from sbir.models.folder import load_model
 
     model = load_model(out, device="cpu")
     assert model.relation_pairs == "batch" and model.distill_weight == 1.0 and model.distill_temperature == 0.2

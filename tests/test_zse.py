@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from sbir.data.images import ImageConfig
 from sbir.errors import SbirError
-from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, zse_loss
 from sbir.models import create_model
-from sbir.models.backbones import Backbone, ImageConfig, TimmViTBackbone, TokenFeatures
+from sbir.models.backbones import Backbone, TimmViTBackbone, TokenFeatures
+from sbir.models.losses import balanced_relation_mse_loss, ranking_distillation_loss, zse_loss
 from sbir.models.zse import (
     ZSESBIR,
     CrossAttention,

@@ -20,7 +20,7 @@ def _cell(value: str | None) -> tuple[int, int] | None:
 
 
 def _stem(path: Path) -> str:
-    from sbir.shards import sample_key
+    from sbir.data.shards.writer import sample_key
 
     return sample_key(path.stem) or "image"
 
@@ -46,19 +46,13 @@ def explain(sketch: Path, photo: Path, model_dir: Path, out: Path, top: int, tok
     correspondences are its cross-attention weights; other methods have none, and the cosine of the backbone's
     patch tokens is drawn instead (so labelled).
     """
-    from sbir.atomic import check_output
-    from sbir.checkpoint import load_model
-    from sbir.explain import (
-        MATCH_COLUMNS,
-        explain_pair,
-        is_pair_explanations,
-        json_text,
-        match_records,
-        pair_figure,
-        save_figure,
-        save_image,
-    )
-    from sbir.images import load_user_image
+    from sbir.data.images import load_user_image
+    from sbir.explain.correspondence import MATCH_COLUMNS, explain_pair, json_text, match_records
+    from sbir.explain.figures import pair_figure, save_image
+    from sbir.explain.retrievals import is_pair_explanations
+    from sbir.models.folder import load_model
+    from sbir.utils.atomic import atomic_write_text, check_output
+    from sbir.utils.figures import save_figure
 
     focus = _cell(token)
     check_output(out, is_pair_explanations, [sketch, photo, model_dir])
@@ -77,7 +71,7 @@ def explain(sketch: Path, photo: Path, model_dir: Path, out: Path, top: int, tok
     picture, synthesis, record = out / f"{stem}.png", out / f"{stem}-synthesis.png", out / f"{stem}.json"
     save_figure(pair_figure([explanation], title=heading), picture)
     save_image(explanation.synthesis, synthesis)
-    record.write_text(json_text({
+    atomic_write_text(record, json_text({
         "sketch": str(sketch), "photo": str(photo), "model": str(model_dir), "method": method,
         "backbone": backbone, "correspondence": found.source, "correspondence_detail": found.detail,
         "synthesis": "argmax cosine of patch tokens", "grid": list(found.grid), "image_size": size,

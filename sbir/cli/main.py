@@ -36,11 +36,11 @@ def main() -> None:
 def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: str, backbone: str, weights: str,
           batch_size: int, workers: int, threads: int, device: str) -> None:
     """Embed the sketches and photos of one part of a sharded dataset (OUT/{sketch,photo}.{npy,json})."""
-    from sbir.embed import embed_split
     from sbir.models import create_model
+    from sbir.retrieval.embed import embed_split
 
     if model_dir is not None:
-        from sbir.checkpoint import load_model, model_identity
+        from sbir.models.folder import load_model, model_identity
 
         model = load_model(model_dir)
         identity = model_identity(model_dir)
@@ -98,15 +98,15 @@ def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, phot
     With --mode relation or rerank, the zse model of --model scores the pairs: its pair features are
     computed once per image from the shards the embeddings came from.
     """
-    from sbir.embeddings import read_info
     from sbir.errors import SbirError
-    from sbir.evaluate import check_evaluation_outputs, metrics_table, model_scores, run_evaluation
+    from sbir.retrieval.embeddings import read_info
+    from sbir.retrieval.evaluate import check_evaluation_outputs, metrics_table, model_scores, run_evaluation
 
     check_evaluation_outputs(metrics_path, plots_dir, [embeddings, shards, photo_embeddings, photo_shards, model_dir])
     scores_fn = None
     if mode != "token":
-        from sbir.checkpoint import load_model, model_identity
-        from sbir.search import check_model
+        from sbir.models.folder import load_model, model_identity
+        from sbir.retrieval.search import check_model
 
         if model_dir is None:
             raise SbirError(f"--mode {mode} scores pairs with a model's relation network: give --model, the "

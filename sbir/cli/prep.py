@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sbir.cli import SEED, FiniteFloatRange, ImageSize, user_errors
-from sbir.splits import STANDARD_SPLITS
+from sbir.data.splits import STANDARD_SPLITS
 
 
 def _progress() -> bool:
@@ -44,8 +44,8 @@ def download(dataset: str, source: Path | None, mirror: str | None, out: Path | 
     does not match the published one is rejected. Re-running after success does nothing. The
     synthetic dataset is generated instead.
     """
-    from sbir.acquire import acquire
-    from sbir.datasets import get_dataset
+    from sbir.data.acquisition.acquire import acquire
+    from sbir.data.datasets import get_dataset
 
     spec = get_dataset(dataset)
     out = out or Path("data/raw") / spec.name
@@ -85,9 +85,9 @@ def shard(dataset: str, split: str | None, raw: Path | None, out: Path, image_si
     train and val hold the seen classes (val: a seeded hold-out for model selection), test the unseen
     classes. Unreadable inputs are skipped and listed with their reason in index.json.
     """
-    from sbir.acquire import resolve_raw
-    from sbir.datasets import get_dataset
-    from sbir.sharding import shard_dataset, summary_table
+    from sbir.data.acquisition.acquire import resolve_raw
+    from sbir.data.datasets import get_dataset
+    from sbir.data.shards.build import shard_dataset, summary_table
 
     spec = get_dataset(dataset)
     if dataset == "quickdraw":
@@ -111,7 +111,7 @@ def shard(dataset: str, split: str | None, raw: Path | None, out: Path, image_si
 @user_errors
 def verify(shards: Path, workers: int | None) -> None:
     """Check a sharded dataset: shard checksums, counts per part, modality and class, every image decodes."""
-    from sbir.sharding import verify_sharded
+    from sbir.data.shards.build import verify_sharded
 
     problems, table = verify_sharded(shards, workers=workers, progress=_progress())
     click.echo(table)
@@ -127,8 +127,8 @@ def verify(shards: Path, workers: int | None) -> None:
 @user_errors
 def info() -> None:
     """List the datasets, their splits and sources."""
-    from sbir.datasets import dataset_names, get_dataset
-    from sbir.splits import standard_split
+    from sbir.data.datasets import dataset_names, get_dataset
+    from sbir.data.splits import standard_split
 
     for name in dataset_names():
         spec = get_dataset(name)

@@ -1,5 +1,5 @@
 """``sbir search`` (a sketch against a gallery) and ``sbir index`` (a folder of photos into a gallery):
-:mod:`sbir.search`."""
+:mod:`sbir.retrieval.search`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sbir.errors import SbirError
 
 def _identity(model_dir: Path) -> dict:
     """The model folder's identity (method, backbone, weights, sha256 of the trained weights)."""
-    from sbir.checkpoint import model_identity
+    from sbir.models.folder import model_identity
 
     if not model_dir.is_dir():
         raise SbirError(f"{model_dir}: no such model folder (the train stage's output; see --model)")
@@ -58,15 +58,15 @@ def search(sketch: Path, top_k: int, index_dir: Path, model_dir: Path, shards: P
       sbir index ~/photos --out photo-index
       sbir search --sketch my-cat.png --index photo-index --top-k 5 --mode rerank --out cats.png
     """
-    from sbir.atomic import check_output_file
-    from sbir.images import load_user_image
-    from sbir.search import is_result_grid
+    from sbir.data.images import load_user_image
+    from sbir.retrieval.search import is_result_grid
+    from sbir.utils.atomic import check_output_file
 
     load_user_image(sketch, "sketch", 224)  # a bad query is refused before anything slow (torch) is loaded
     check_output_file(out, is_result_grid, [sketch, index_dir, model_dir, shards])
-    from sbir.checkpoint import load_model
-    from sbir.search import check_model, format_hits, open_gallery, result_grid
-    from sbir.search import search as search_gallery
+    from sbir.models.folder import load_model
+    from sbir.retrieval.search import check_model, format_hits, open_gallery, result_grid
+    from sbir.retrieval.search import search as search_gallery
 
     gallery = open_gallery(index_dir, shards)
     for note in check_model(gallery.info, _identity(model_dir), index_dir, model_dir):
@@ -99,8 +99,8 @@ def index(photos_dir: Path, out: Path, model_dir: Path, batch_size: int, device:
     (not an image, empty, truncated, an animation, ...) are skipped, printed, and listed with the reason
     in OUT/info.json. Example: sbir index ~/photos --out photo-index --model data/model
     """
-    from sbir.checkpoint import load_model
-    from sbir.search import index_folder
+    from sbir.models.folder import load_model
+    from sbir.retrieval.search import index_folder
 
     identity = _identity(model_dir)
     if not photos_dir.is_dir():  # before loading the model

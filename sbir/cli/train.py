@@ -64,34 +64,37 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
     Deterministic on the CPU (same shards, options and seed: same weights); a killed run resumes from
     OUT/last.pt. Several processes: torchrun --nproc_per_node=N -m sbir.cli.main train ...
     """
-    from sbir.atomic import check_output
+    from sbir.cli.live import DVCLiveLogger
+    from sbir.data.shards.reader import read_index
     from sbir.errors import SbirError
-    from sbir.shards import read_index
-    from sbir.train import TrainConfig
-    from sbir.training import is_model_folder, is_training_log, train_model, uses_feature_cache
+    from sbir.models.folder import is_model_folder
+    from sbir.train.loop import TrainConfig
+    from sbir.train.run import train_model, uses_feature_cache
+    from sbir.utils.atomic import check_output
 
     read_index(shards)
     check_output(out, is_model_folder, [shards, features, log_dir])  # before caching features, not after
-    check_output(log_dir, is_training_log, [shards, features, out])
-    model_params = {"method": method, "backbone": backbone, "weights": weights or None, "head_only": head_only,
-                    "options": {method: _options(method_options)}}
-    if uses_feature_cache(model_params) and not (features / "info.json").is_file():
+    logger = DVCLiveLogger(log_dir, inputs=[shards, features, out])
+    spec = {"method": method, "backbone": backbone, "weights": weights or None, "head_only": head_only,
+                    "options": _options(method_options)}
+    if uses_feature_cache(spec) and not (features / "info.json").is_file():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SbirError(f"{features}: no feature cache; make it first with one process (the same command "
                             "without torchrun), then train with several")
-        from sbir.features import cache_features
         from sbir.models import create_backbone
+        from sbir.train.features import cache_features
 
         click.echo(f"caching {backbone} features of {shards} -> {features}", err=True)
         cache_features(create_backbone(backbone, weights=weights or None), shards, features,
                        info={"weights": weights or None}, progress=sys.stderr.isatty())
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, seed=seed, fine_grained=fine_grained)
-    info = train_model(model_params, config, shards, out, features=features, log_dir=log_dir,
+    info = train_model(spec, config, shards, out, features=features, callbacks=[logger],
                        device=device, progress=sys.stderr.isatty())
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if not info["trained"]:
+        logger.nothing_trained()
         click.echo(f"{method}: nothing to train; {out}/model.json written")
         return
     summary = info["summary"]

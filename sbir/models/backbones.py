@@ -10,7 +10,7 @@ Every backbone is an ``nn.Module`` with one interface, whatever its family:
   (EfficientNet-Lite0 at 224: 7x7 tokens of 1280) as for a ViT (ViT-B/16: CLS + 14x14 of 768;
   CLIP ViT-B/32: CLS + 7x7 of 768);
 - ``image_config``: the input it expects (square side, mean, std, interpolation), applied by the
-  data pipeline (``sbir.embed``).
+  data pipeline (``sbir.retrieval.embed``).
 
 The ViT backbones also expose their forward pass in stages, so that methods can work between them
 (ZSE-SBIR averages a learned tokenizer's output with the patch embedding; CLIP visual prompts are
@@ -36,7 +36,6 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
@@ -44,19 +43,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from sbir.data.images import ImageConfig
 from sbir.errors import SbirError
 
 Weights = str | os.PathLike | None
 
 
-@dataclass(frozen=True)
-class ImageConfig:
-    """What a backbone expects as input: ``size`` x ``size`` RGB, ``(x / 255 - mean) / std``."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
 
 
 class TokenFeatures(NamedTuple):

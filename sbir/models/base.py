@@ -5,14 +5,14 @@ A method is an ``nn.Module`` built around a :class:`~sbir.models.backbones.Backb
 - ``embed(images, modality) -> [B, D]``: one L2-normalised vector per image; ``modality`` is ``"sketch"``
   or ``"photo"`` (methods with separate branches, heads or prompts per modality pick theirs). Retrieval
   by cosine similarity of these vectors is every method's fast mode (ZSE-SBIR's ``token`` mode).
-- ``image_config``: the input the model expects (the backbone's, see ``sbir.embed``).
+- ``image_config``: the input the model expects (the backbone's, see ``sbir.retrieval.embed``).
 - optionally, a pairwise relation score for methods that compare a sketch with a photo jointly
   (ZSE-SBIR's ``relation`` mode), in two steps so that the per-image work is done once per image:
 
   - ``pair_features(images, modality) -> Tensor``: what the pair scorer needs of one image (e.g. its
     backbone tokens), computed once per image and kept for all of its pairs;
   - ``score_pairs(sketch_features [S, ...], photo_features [P, ...]) -> [S, P]``: a score per pair,
-    higher = more similar. ``sbir.evaluate.pairwise_scores`` turns it into the block-wise score
+    higher = more similar. ``sbir.retrieval.evaluate.pairwise_scores`` turns it into the block-wise score
     function of the metrics, and a ``rerank`` mode scores only a shortlist with it.
 
   ``supports_pairs`` tells whether a model has them. The base class gives cosine similarity of the
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbir.models.backbones import Backbone, ImageConfig
+from sbir.data.images import ImageConfig
+from sbir.models.backbones import Backbone
 
 MODALITIES = ("sketch", "photo")
 

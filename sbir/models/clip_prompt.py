@@ -24,7 +24,7 @@ model is rebuilt). The logit scale is CLIP's ``exp(logit_scale)`` (clamped at 10
 
 Losses (formulas in each function's docstring; all distances are cosine, ``d(x, y) = 1 - cos(x, y)``):
 
-- ``triplet``: :func:`sbir.losses.cosine_triplet_loss`, margin 0.2, (sketch, positive photo, negative photo);
+- ``triplet``: :func:`sbir.models.losses.cosine_triplet_loss`, margin 0.2, (sketch, positive photo, negative photo);
 - ``classification``: :func:`text_classification_loss` of sketch, positive and negative photo features
   against the cached text embeddings;
 - ``patch_shuffle`` (fine-grained): :func:`patch_shuffle_loss` on grid-shuffled sketch / paired photo;
@@ -43,7 +43,7 @@ Departures from the released code (each an option; the default follows the paper
 Training batches (see :mod:`sbir.train`) are dicts with ``sketch``, ``positive``, ``negative`` (images
 ``[B, 3, H, W]``, CLIP-normalised), ``sketch_label`` (class ids indexing ``class_names``), optionally
 ``negative_label`` and, fine-grained, ``paired`` (the sketch's own photo; defaults to ``positive``, which the
-fine-grained :class:`sbir.sampling.PairSampler` already makes the paired photo).
+fine-grained :class:`sbir.train.sampling.PairSampler` already makes the paired photo).
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbir.losses import cosine_triplet_loss, pairwise_distance
-from sbir.models import register_method
 from sbir.models.backbones import Backbone
 from sbir.models.base import MODALITIES, RetrievalModel, check_modality
+from sbir.models.losses import cosine_triplet_loss, pairwise_distance
+from sbir.models.registry import register_method
 
 Modality = Literal["sketch", "photo"]
 Divergence = Literal["kl", "reverse_kl", "chi2", "hellinger"]

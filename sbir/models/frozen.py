@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sbir.models import register_method
 from sbir.models.backbones import Backbone
 from sbir.models.base import RetrievalModel, check_modality
+from sbir.models.registry import register_method
 
 
 @register_method("frozen")

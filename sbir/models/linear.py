@@ -6,7 +6,7 @@ the photo head — ``head="linear"`` (one ``Linear``) or ``head="mlp"`` (``Linea
 L2-normalised; retrieval is by cosine. Choices (the paper gives no details of its linear probe):
 
 - loss: triplet on the cosine distance, margin 0.2 (the loss the CLIP paper trains all its variants with);
-  ``distance="l2", margin=1.0`` gives ZSE-SBIR's triplet instead (:func:`sbir.losses.triplet_margin_loss`);
+  ``distance="l2", margin=1.0`` gives ZSE-SBIR's triplet instead (:func:`sbir.models.losses.triplet_margin_loss`);
 - a square linear head starts as the identity, so that before training ``linear`` equals ``frozen`` and
   training can only move away from the baseline it is compared with; other heads use PyTorch's default init.
 
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbir.losses import Distance, triplet_margin_loss
-from sbir.models import register_method
 from sbir.models.backbones import Backbone
 from sbir.models.base import MODALITIES, RetrievalModel, check_modality
+from sbir.models.losses import Distance, triplet_margin_loss
+from sbir.models.registry import register_method
 
 HeadKind = Literal["linear", "mlp"]
 

@@ -42,7 +42,7 @@ Training (``forward(batch)`` / :meth:`ZSESBIR.loss`): the pairs (sketch, positiv
 ``2 · triplet(margin 1, L2)`` on the retrieval tokens — anchor = the sketch's token after attending to its
 positive, positive / negative = the photos' tokens after attending to the sketch (the released code pairs
 the negative photo with a second sketch; here with the same sketch, so a step needs one sketch per triplet)
-— plus ``4 · MSE`` of the relation scores against 0.99 / 0.01 (:func:`sbir.losses.zse_loss`). Model
+— plus ``4 · MSE`` of the relation scores against 0.99 / 0.01 (:func:`sbir.models.losses.zse_loss`). Model
 selection is done by the training loop on a SEEN-class validation split (the released code selects on the
 unseen test classes: not copied). Options that neither the paper nor the released code has, off by
 default (:class:`ZSESBIR`): ``relation_pairs="batch"`` (the relation MSE over every in-batch pair),
@@ -68,7 +68,7 @@ Retrieval modes (:data:`RETRIEVAL_MODES`):
   per image in each chunk of pairs; only attention, FFN, anchor conv and MLP run per pair.
 - ``rerank`` (not in the released code): the ``token`` shortlist of the top-k photos per sketch, then
   ``relation`` on the shortlist only (:func:`rerank_scores`). :meth:`ZSESBIR.retrieval_scores` gives the
-  block-wise ``scores_fn`` of :func:`sbir.metrics.evaluate_scores` for each of the three modes.
+  block-wise ``scores_fn`` of :func:`sbir.retrieval.metrics.evaluate_scores` for each of the three modes.
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbir.losses import balanced_relation_mse_loss, ranking_distillation_loss, triplet_margin_loss, zse_loss
-from sbir.models import register_method
 from sbir.models.backbones import Backbone
 from sbir.models.base import MODALITIES, RetrievalModel, check_modality
+from sbir.models.losses import balanced_relation_mse_loss, ranking_distillation_loss, triplet_margin_loss, zse_loss
+from sbir.models.registry import register_method
 
 TokenizerUse = Literal["sketch", "both", "none"]
 TokenSource = Literal["backbone", "self_cross"]
@@ -741,7 +741,7 @@ class ZSESBIR(RetrievalModel):
 
     def retrieval_scores(self, sketch_features: Tensor | Tokens, photo_features: Tensor | Tokens,
                          mode: RetrievalMode = "token", top_k: int = 100, photo_block: int = 1024) -> RetrievalScores:
-        """``scores_fn(start, stop)`` of ``mode`` for :func:`sbir.metrics.evaluate_scores` (see
+        """``scores_fn(start, stop)`` of ``mode`` for :func:`sbir.retrieval.metrics.evaluate_scores` (see
         :class:`RetrievalScores`); call in ``eval()`` mode. Features may stay on the CPU (moved per chunk)."""
         return RetrievalScores(self, sketch_features, photo_features, mode, top_k, photo_block)
 
@@ -750,9 +750,9 @@ class ZSESBIR(RetrievalModel):
              negative_labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """``2 · triplet(margin 1, L2) + 4 · MSE(relation(s, p+) → 0.99, relation(s, p-) → 0.01)``, the
         reference; with ``relation_pairs="batch"`` the MSE is taken over every sketch x photo pair of the batch
-        (:func:`~sbir.losses.balanced_relation_mse_loss`, pairs labelled by class: needs ``sketch_labels`` and
+        (:func:`~sbir.models.losses.balanced_relation_mse_loss`, pairs labelled by class: needs ``sketch_labels`` and
         ``negative_labels``), and ``distill_weight > 0`` adds ``distill_weight ·``
-        :func:`~sbir.losses.ranking_distillation_loss` of the token cosines to the relation scores over the
+        :func:`~sbir.models.losses.ranking_distillation_loss` of the token cosines to the relation scores over the
         batch's photos, and ``mutual_weight > 0`` its reverse term (see the class docstring).
 
         The sketches are encoded and projected once for all of their pairs. Returns the total and the
@@ -838,7 +838,7 @@ def _keep_rates(backbone: Backbone, keep_rates: Sequence[float] | None) -> tuple
 
 class RetrievalScores:
     """``scores_fn(start, stop) -> [stop - start, n_photos]`` (float32, CPU) of one retrieval mode, for
-    :func:`sbir.metrics.evaluate_scores`; ``sketch_features`` / ``photo_features`` from ``pair_features``.
+    :func:`sbir.retrieval.metrics.evaluate_scores`; ``sketch_features`` / ``photo_features`` from ``pair_features``.
 
     ``token``: cosine of the per-image embeddings (computed once, here). ``relation``: every pair, photos in
     blocks of ``photo_block``. ``rerank``: :func:`rerank_scores` with ``top_k``. ``pairs_scored`` counts the
