@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Model input from images: shards decoded in batches by DataLoader workers (:class:`ShardBatches`), the
+normalisation every model applies (:class:`Normalise`), and one :func:`model_input` for images in memory."""
 
 from __future__ import annotations
 

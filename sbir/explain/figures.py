@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Drawing explanations (:mod:`sbir.explain.correspondence`): match lines, heat maps and the synthesis of one
+pair (:func:`pair_figure`), one row per query (:func:`overview_figure`); matplotlib, no display needed."""
 
 from __future__ import annotations
 

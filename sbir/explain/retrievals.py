@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The ``explain`` stage's output: the top photos retrieved for seeded test queries, explained into a folder
+(:func:`explain_retrievals`), and the markers by which the commands recognise their own explanation folders."""
 
 from __future__ import annotations
 

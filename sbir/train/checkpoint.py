@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""``last.pt``: the resumable checkpoint of a training run (what training changes, the optimiser, the step and
+the best val score), written atomically, loaded with ``weights_only=True`` (never unpickling code), and
+resumed only by a run with the same model structure and settings (:func:`resumable_state`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Devices and threads: which device a model is on, the default one (CUDA when there is one), parsing
+``auto`` / ``cpu`` / ``cuda:N`` into a device with a one-line error, and torch's thread count for a block."""
 
 from __future__ import annotations
 

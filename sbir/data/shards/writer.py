@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Writing shards: sample keys and metadata, and byte-reproducible WebDataset tar members (fixed headers,
+mtime, owner and mode), streamed by :class:`TarShardWriter` with the shard's sha256 computed as it is written."""
 
 from __future__ import annotations
 
