@@ -1,6 +1,6 @@
 """Explanations of a sketch-photo match: token correspondences and sketch-to-photo synthesis.
 
-ZSE-SBIR's second goal is explainability (METHODS.md), but its authors released no code for it: what is
+ZSE-SBIR's second goal is explainability (docs/explain.md), but its authors released no code for it: what is
 drawn here is designed from the paper's description. For a sketch and a photo, both at the model's input
 size and cut into the model's patch grid (ViT-B/16 14x14, EfficientNet-Lite0 and ViT-B/32 7x7):
 
@@ -227,44 +227,6 @@ def explain_pair(model: RetrievalModel, sketch: ImageLike, photo: ImageLike, lin
                        synthesise(sketch, photo, found.similarity, found.grid), int(focus))
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 #: the columns of :func:`match_records`
 MATCH_COLUMNS = ["sketch_row", "sketch_column", "photo_row", "photo_column", "weight"]
 
@@ -280,9 +242,5 @@ def json_text(data) -> str:
     number = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
     return re.sub(rf"\[\s+({number}(?:,\s+{number})*)\s+\]",
                   lambda m: "[" + ", ".join(re.split(r",\s+", m[1])) + "]", json.dumps(data, indent=1)) + "\n"
-
-
-
-
 
 

@@ -49,8 +49,6 @@ from sbir.errors import SbirError
 Weights = str | os.PathLike | None
 
 
-
-
 class TokenFeatures(NamedTuple):
     pooled: torch.Tensor  # [B, D]
     tokens: torch.Tensor  # [B, num_prefix_tokens + h * w, C]
@@ -346,7 +344,7 @@ class TimmViTBackbone(Backbone):
         return TokenFeatures(self.pool(encoded), encoded, grid)
 
 
-#: ZSE-SBIR's ImageNet-1k ViT-B/16; its normalisation mean = std = 0.5 is the reference's (METHODS.md)
+#: ZSE-SBIR's ImageNet-1k ViT-B/16; its normalisation mean = std = 0.5 is the reference's (docs/methods.md)
 VIT_B16_HUB_TAG = "vit_base_patch16_224.sam_in1k"
 
 

@@ -33,7 +33,7 @@ Losses (formulas in each function's docstring; all distances are cosine, ``d(x, 
 
 The paper gives no code for the last two: they are designs from its description (see the functions).
 
-Departures from the released code (each an option; the default follows the paper / METHODS.md):
+Departures from the released code (each an option; the default follows the paper; docs/methods.md):
 
 - trainable set: LayerNorms only, not the released hook's accidental set (``train_qkv_and_embeddings``);
 - the classification loss: the paper's; the released code trains with the triplet loss only
@@ -226,7 +226,7 @@ class ClipPrompt(RetrievalModel):
         margin: triplet margin (cosine distance), also used by the patch-shuffle loss.
         loss_weights: weights of ``triplet``, ``classification``, ``patch_shuffle``, ``divergence``; a term
             with weight 0 is not computed. Defaults: 1 each, the fine-grained terms 0 unless ``fine_grained``
-            (METHODS.md gives no weights: a choice).
+            (a choice; docs/methods.md).
         shuffle_grid: blocks per side of the patch-shuffle split (2 → 2x2). Blocks need not align with the
             ViT patches.
         divergence, divergence_temperature: see :func:`f_divergence_uniformity_loss`.

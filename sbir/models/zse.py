@@ -20,7 +20,7 @@ A sketch and a photo are compared as two bags of local patches:
 
 2. **Cross-attention** (:class:`CrossAttention`): one layer, 8 heads, FFN 1024, post-LayerNorm, separate
    weights per branch; each branch queries with its own tokens and attends to the other modality's keys AND
-   values (standard cross-attention, as METHODS.md fixes it). The released code takes the keys from the
+   values (standard cross-attention; docs/methods.md). The released code takes the keys from the
    other modality but the values from its own (``layer(q=x_sk, k=x_im, v=x_sk)``), which only runs because
    both sides have 197 tokens: not copied. The attention maps are returned (:class:`CrossAttentionOutput`,
    :meth:`ZSESBIR.pair`): they are the token-correspondence explanation; their rows sum to 1 (taken
@@ -515,7 +515,7 @@ class ZSESBIR(RetrievalModel):
     The relation network then also learns the token's ranking of the batch. A 20x-cheaper ``rerank`` stays
     close to the token's ranking, so its gap to exhaustive ``relation`` is the two heads' difference: the
     forward term pulls the token toward the relation network, this one the relation network toward the
-    token (the README's quality table measures both). With ``relation_pairs="reference"`` it scores the
+    token (docs/results.md's quality table measures both). With ``relation_pairs="reference"`` it scores the
     ``B x 2B`` pairs with gradient.
     """
 

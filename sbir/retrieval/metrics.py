@@ -7,7 +7,7 @@ is ranked with one vectorised sort and every metric is read off the ranked relev
 per-query Python loop (row chunks of a block are ranked in parallel threads: numpy releases the GIL).
 Memory is O(block_size x n_gallery) plus O(n_queries) for the per-query results.
 
-Conventions (relevance = same class label; see ``docs/PROTOCOLS.md``, "Metrics"):
+Conventions (relevance = same class label; see ``docs/methods.md``, "Evaluation metrics"):
 
 * **Tie rule (order independent).** Rows are ranked by a stable sort on the key ``(-score, relevance)``:
   among equal scores, *irrelevant items rank before relevant ones* (pessimistic). Items that share both
