@@ -105,6 +105,7 @@ SCHEMA: dict[str, Param] = {
     "train.checkpoint_every": Param(int, AT_LEAST_1, "steps between checkpoints"),
     "train.seed": Param(int, SEED_RANGE, "seed of the initial weights and the batches"),
     "train.fine_grained": Param(bool, None, "positives are the sketch's own photo"),
+    "train.workers": Param(int, AT_LEAST_0, "processes decoding the training images; 0 decodes in the training one"),
     "embed.part": Param(str, ("test", "val", "train"), "the part of the shards to embed"),
     "embed.batch_size": Param(int, AT_LEAST_1, "images per batch"),
     "embed.workers": Param(int, AT_LEAST_0, "data loading processes; 0 decodes in the model's process"),

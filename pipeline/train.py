@@ -27,7 +27,7 @@ def main() -> None:
     config = TrainConfig(**{k: train_params[k] for k in TrainConfig.__dataclass_fields__})
     logger = DVCLiveLogger(Path("dvclive"), inputs=[SHARDS, FEATURES, MODEL])
     info = train_model(model_spec(params), config, SHARDS, MODEL, features=FEATURES, callbacks=[logger],
-                       progress=sys.stderr.isatty())
+                       workers=train_params["workers"], progress=sys.stderr.isatty())
     if not info["trained"]:
         logger.nothing_trained()
         print(f"{info['method']}: nothing to train")

@@ -68,3 +68,22 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{number} is not in the range {self._describe_range()}.", param, ctx)
         return number
+
+
+class ShardsLocation(click.ParamType):
+    """``--shards``: a local folder, a ``file://`` or ``http(s)://`` URL of one, or a ``pipe:`` command with
+    ``{}`` for the relative path (kept as text: a URL is not a path)."""
+
+    name = "FOLDER|URL"
+
+    def convert(self, value, param, ctx) -> str:
+        from sbir.data.shards.location import ShardLocation
+
+        try:
+            ShardLocation(str(value))
+        except SbirError as error:
+            self.fail(str(error), param, ctx)
+        return str(value)
+
+
+SHARDS = ShardsLocation()

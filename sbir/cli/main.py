@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import SEED, user_errors
+from sbir.cli import SEED, SHARDS, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -16,7 +16,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
+@click.option("--shards", type=SHARDS, default="data/shards", show_default=True,
               help="Output of 'sbir-prep shard'.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/embeddings"), show_default=True)
 @click.option("--part", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
@@ -33,7 +33,7 @@ def main() -> None:
               help="Torch threads for the model (0: torch's default, one per core).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
-def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: str, backbone: str, weights: str,
+def embed(shards: str, out: Path, part: str, model_dir: Path | None, method: str, backbone: str, weights: str,
           batch_size: int, workers: int, threads: int, device: str) -> None:
     """Embed the sketches and photos of one part of a sharded dataset (OUT/{sketch,photo}.{npy,json})."""
     from sbir.models import create_model
@@ -58,11 +58,11 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
 
 @main.command()
 @click.option("--embeddings", type=click.Path(path_type=Path), default=Path("data/embeddings"), show_default=True)
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
+@click.option("--shards", type=SHARDS, default="data/shards", show_default=True,
               help="The shards the embeddings came from (images of the retrieval grid).")
 @click.option("--photo-embeddings", type=click.Path(path_type=Path), default=None,
               help="Cross-dataset: take the photos from this embeddings folder (same model) [--embeddings].")
-@click.option("--photo-shards", type=click.Path(path_type=Path), default=None,
+@click.option("--photo-shards", type=SHARDS, default=None,
               help="The shards of --photo-embeddings (images of the retrieval grid) [--shards].")
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), default=Path("metrics/eval.json"),
               show_default=True)
@@ -89,7 +89,7 @@ def embed(shards: Path, out: Path, part: str, model_dir: Path | None, method: st
               help="relation/rerank: data loading processes (0: none, decode in the model's process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
-def evaluate(embeddings: Path, shards: Path, photo_embeddings: Path | None, photo_shards: Path | None,
+def evaluate(embeddings: Path, shards: str, photo_embeddings: Path | None, photo_shards: str | None,
              metrics_path: Path, plots_dir: Path, block_size: int, pr_levels: int,
              grid_queries: int, grid_top: int, seed: int, mode: str, top_k: int, model_dir: Path | None,
              batch_size: int, workers: int, device: str) -> None:

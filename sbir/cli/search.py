@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import user_errors
+from sbir.cli import SHARDS, user_errors
 from sbir.errors import SbirError
 
 
@@ -34,7 +34,7 @@ DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda, cuda:N."
               show_default=True, help="The gallery: the embed stage's output, or a folder made by 'sbir index'.")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=Path("data/model"),
               show_default=True, help=MODEL_HELP + " Must be the model that made the index.")
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
+@click.option("--shards", type=SHARDS, default="data/shards", show_default=True,
               help="Where the photos of an embed-stage gallery are (not needed for an 'sbir index' gallery).")
 @click.option("--mode", type=click.Choice(["token", "rerank"]), default="token", show_default=True,
               help="token: cosine of the embeddings over the whole gallery. rerank (zse): the --shortlist best "
@@ -45,7 +45,7 @@ DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda, cuda:N."
               help="The result grid: the sketch, then the ranked photos with their scores and classes.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @user_errors
-def search(sketch: Path, top_k: int, index_dir: Path, model_dir: Path, shards: Path, mode: str,
+def search(sketch: Path, top_k: int, index_dir: Path, model_dir: Path, shards: str, mode: str,
            shortlist: int | None, out: Path, device: str) -> None:
     """Find the photos of a gallery that best match a sketch.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import SEED, FiniteFloatRange, user_errors
+from sbir.cli import SEED, SHARDS, FiniteFloatRange, user_errors
 
 
 def _options(values: tuple[str, ...]) -> dict:
@@ -25,8 +25,9 @@ def _options(values: tuple[str, ...]) -> dict:
 
 
 @click.command()
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("data/shards"), show_default=True,
-              help="Output of 'sbir-prep shard' (train part to train on, val part to select the checkpoint).")
+@click.option("--shards", type=SHARDS, default="data/shards", show_default=True,
+              help="Output of 'sbir-prep shard', a folder or a URL (train part to train on, val part to select the "
+                   "checkpoint).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/model"), show_default=True,
               help="Model folder: model.json, model.safetensors (selected weights), last.pt (resumable).")
 @click.option("--method", default="linear", show_default=True, help="Retrieval method (see 'sbir models').")
@@ -53,12 +54,15 @@ def _options(values: tuple[str, ...]) -> dict:
 @click.option("--fine-grained", is_flag=True, help="Instance positives (a sketch's own photo).")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=Path("dvclive"), show_default=True,
               help="DVCLive logs: losses and val mAP@all per step.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Processes decoding the training images (whole models; 0: none). The batches, and so the "
+                   "weights, do not depend on it.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @user_errors
-def train(shards: Path, out: Path, method: str, backbone: str, weights: str, head_only: bool, features: Path,
+def train(shards: str, out: Path, method: str, backbone: str, weights: str, head_only: bool, features: Path,
           method_options: tuple[str, ...], steps: int, batch_size: int, lr: float, weight_decay: float,
           eval_every: int, checkpoint_every: int, seed: int, fine_grained: bool, log_dir: Path,
-          device: str) -> None:
+          workers: int, device: str) -> None:
     """Train METHOD on the shards' seen classes and keep the checkpoint with the best seen-class val mAP@all.
 
     Deterministic on the CPU (same shards, options and seed: same weights); a killed run resumes from
@@ -90,7 +94,7 @@ def train(shards: Path, out: Path, method: str, backbone: str, weights: str, hea
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, seed=seed, fine_grained=fine_grained)
     info = train_model(spec, config, shards, out, features=features, callbacks=[logger],
-                       device=device, progress=sys.stderr.isatty())
+                       device=device, workers=workers, progress=sys.stderr.isatty())
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if not info["trained"]:

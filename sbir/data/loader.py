@@ -20,15 +20,18 @@ from sbir.errors import SbirError
 class ShardBatches(IterableDataset):
     """Batches of decoded images from ``(modality, shard)`` pairs, each shard read once by one worker.
 
-    Yields dicts: ``images`` uint8 ``[b, H, W, 3]``, ``modality``, ``shard`` (position in the list),
+    Yields dicts: ``images`` uint8 ``[b, H, W, 3]``, ``modality``, ``shard`` (``numbers[i]`` of the i-th pair:
+    its position in the caller's whole list, by default i),
     ``start`` (position of the first sample in the shard), and per sample ``keys``, ``classes``,
     ``instances``.
     """
 
-    def __init__(self, shards: list[tuple[str, Path]], image_config: ImageConfig, batch_size: int):
+    def __init__(self, shards: list[tuple[str, Path | str]], image_config: ImageConfig, batch_size: int,
+                 numbers: list[int] | None = None):
         if batch_size < 1:
             raise SbirError(f"batch size must be at least 1, got {batch_size}")
         self.shards, self.image_config, self.batch_size = shards, image_config, batch_size
+        self.numbers = numbers if numbers is not None else list(range(len(shards)))  # reported as ``shard``
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
@@ -39,7 +42,7 @@ class ShardBatches(IterableDataset):
     def _shard_batches(self, number: int) -> Iterator[dict]:
         modality, path = self.shards[number]
         config = self.image_config
-        batch: dict = self._empty_batch(modality, number, 0)
+        batch: dict = self._empty_batch(modality, self.numbers[number], 0)
         images: list[np.ndarray] = []
         position = 0
         for sample in iter_tar_samples(path):
@@ -53,7 +56,7 @@ class ShardBatches(IterableDataset):
             position += 1
             if len(images) == self.batch_size:
                 yield {**batch, "images": torch.from_numpy(np.stack(images))}
-                batch, images = self._empty_batch(modality, number, position), []
+                batch, images = self._empty_batch(modality, self.numbers[number], position), []
         if images:
             yield {**batch, "images": torch.from_numpy(np.stack(images))}
 

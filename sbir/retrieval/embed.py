@@ -12,6 +12,10 @@ Resizing is most of a worker's work (PIL bicubic, about 3 ms for a 256 -> 224 RG
 
 Batches never straddle shards, so the batches — and therefore the embeddings, bit for bit — are the
 same whatever the number of workers; results are put back in shard order at the end.
+
+Several processes (``torchrun --nproc_per_node=N``): rank ``r`` embeds shards ``r, r + N, ...`` only, the
+pieces are gathered to every rank and put in the same shard order, so the output equals one process's; rank
+0 writes it. Shards are read from wherever they are (a folder, a URL, a ``pipe:`` command).
 """
 
 from __future__ import annotations
@@ -27,15 +31,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sbir.data.loader import Normalise, ShardBatches
-from sbir.data.shards.reader import read_index, shard_paths
+from sbir.data.shards.location import shard_location
+from sbir.data.shards.reader import read_index
 from sbir.errors import SbirError
 from sbir.models.base import RetrievalModel
 from sbir.retrieval.embeddings import MODALITIES, Embeddings, is_embeddings_folder, write_embeddings
 from sbir.utils.atomic import check_output
-from sbir.utils.device import resolve_device, torch_threads
+from sbir.utils.device import distributed, local_device, resolve_device, torch_threads
 
 
-def encode_shards(model: RetrievalModel, shards: list[tuple[str, Path]], encode: Callable | None = None,
+def encode_shards(model: RetrievalModel, shards: list[tuple[str, Path | str]], encode: Callable | None = None,
                   batch_size: int = 64, workers: int = 2, device: torch.device | str | None = None,
                   threads: int | None = None, total: int | None = None, progress: bool = True,
                   desc: str = "embed") -> dict[str, tuple[np.ndarray | None, list, list, list]]:
@@ -46,14 +51,17 @@ def encode_shards(model: RetrievalModel, shards: list[tuple[str, Path]], encode:
 
     ``workers`` DataLoader worker processes decode (0: decode in this process; each worker uses one
     thread); ``threads`` sets the model's torch threads; ``total`` (samples, for the progress bar) is
-    optional.
+    optional. Under ``torchrun`` each rank encodes its own shards (module docstring) and every rank gets
+    the whole result.
     """
     encode = encode or (lambda m, images, modality: m.embed(images, modality).float())
-    device = resolve_device(device)
+    rank, world = distributed()
+    device = local_device(resolve_device(device))
     model = model.to(device, memory_format=torch.channels_last).eval()
     normalise = Normalise(model.image_config, device)
-    loader = DataLoader(ShardBatches(shards, model.image_config, batch_size), batch_size=None,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    numbers = list(range(rank, len(shards), world))
+    loader = DataLoader(ShardBatches([shards[n] for n in numbers], model.image_config, batch_size, numbers),
+                        batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     parts: dict[str, list[tuple]] = {m: [] for m in MODALITIES}  # (shard, start, vectors, keys, classes, instances)
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr)
@@ -63,7 +71,11 @@ def encode_shards(model: RetrievalModel, shards: list[tuple[str, Path]], encode:
             vectors = encode(model, images, batch["modality"]).cpu().numpy()
             parts[batch["modality"]].append((batch["shard"], batch["start"], vectors, batch["keys"], batch["classes"],
                                              batch["instances"]))
-            bar.update(len(vectors))
+            bar.update(len(vectors) * world)
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, parts)
+        parts = {m: [piece for rank_parts in gathered for piece in rank_parts[m]] for m in MODALITIES}
     result = {}
     for modality, pieces in parts.items():
         pieces.sort(key=lambda piece: piece[:2])
@@ -84,16 +96,18 @@ def embed_shards(model: RetrievalModel, shards: list[tuple[str, Path]], batch_si
             for modality, (vectors, keys, classes, instances) in encoded.items()}
 
 
-def _part_shards(shard_folder: Path, part: str,
-                 modalities: tuple[str, ...] = MODALITIES) -> tuple[list[tuple[str, Path]], int]:
-    """The ``(modality, shard)`` pairs of one part and their number of samples."""
-    index = read_index(shard_folder)
-    shards = [(modality, path) for modality in modalities for path in shard_paths(shard_folder, part, modality)]
-    if not shards:
+def _part_shards(shard_folder: Path | str, part: str,
+                 modalities: tuple[str, ...] = MODALITIES) -> tuple[list[tuple[str, Path | str]], int]:
+    """The ``(modality, shard path or URL)`` pairs of one part and their number of samples."""
+    location = shard_location(shard_folder)
+    index = read_index(location, require=("shards",))
+    names = [(modality, rel) for modality in modalities for rel in index["shards"]
+             if rel.startswith(f"{part}/{modality}-")]
+    if not names:
         what = part if tuple(modalities) == MODALITIES else f"{part} {' or '.join(modalities)}"
         raise SbirError(f"{shard_folder}: no {what} shards")
-    total = sum(index["shards"][path.relative_to(shard_folder).as_posix()]["samples"] for _, path in shards)
-    return shards, total
+    shards = [(modality, location.folder / rel if location.is_local else location.url(rel)) for modality, rel in names]
+    return shards, sum(index["shards"][rel]["samples"] for _, rel in names)
 
 
 def pair_features_split(model: RetrievalModel, shard_folder: Path, part: str = "test",
@@ -136,5 +150,6 @@ def embed_split(model: RetrievalModel, shard_folder: Path, out: Path, part: str 
     info = {**(info or {}), "method": model.method, "backbone": model.backbone.name, "embed_dim": model.embed_dim,
             "dataset": index.get("dataset"), "split": index.get("split"), "part": part,
             "counts": {m: len(e) for m, e in embeddings.items()}}
-    write_embeddings(out, embeddings, info, inputs)
+    if distributed()[0] == 0:
+        write_embeddings(out, embeddings, info, inputs)
     return info

@@ -62,8 +62,6 @@ RESULT_GRID_SOFTWARE = "sbir search"
 INDEX_FILES = ("photo.npy", "photo.json", INFO_NAME)
 
 
-
-
 def retrieval_modes(model: RetrievalModel) -> tuple[str, ...]:
     """The search modes ``model`` supports: ``token`` always, ``rerank`` with a relation network."""
     return tuple(mode for mode in SEARCH_MODES if mode in getattr(model, "retrieval_modes", ("token",)))

@@ -26,7 +26,6 @@ What the loop guarantees:
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,8 +41,9 @@ from sbir.models.folder import load_trained_state, save_weights
 from sbir.retrieval.metrics import evaluate_embeddings
 from sbir.train.callbacks import TrainCallback
 from sbir.train.checkpoint import resumable_state, save_checkpoint
+from sbir.train.inputs import StepBatches, TrainData, chunk_loader, step_loader
 from sbir.train.sampling import PairSampler
-from sbir.utils.device import default_device
+from sbir.utils.device import default_device, distributed, local_device
 
 
 @dataclass
@@ -58,27 +58,6 @@ class TrainConfig:
     fine_grained: bool = False
 
 
-class TrainData:
-    """Training and validation inputs as indexable tensors (or a loader turning indices into tensors).
-
-    ``fetch(modality, indices) -> Tensor`` returns the model inputs of those samples; labels and instance
-    ids are per modality. The CPU path builds it from the token cache, the GPU path from decoded shards.
-    """
-
-    def __init__(self, fetch: Callable[[str, np.ndarray], torch.Tensor], labels: dict, instances: dict):
-        self.fetch, self.labels, self.instances = fetch, labels, instances
-
-    def count(self, modality: str) -> int:
-        return len(self.labels[modality])
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
 def shard_for_rank(count: int, rank: int, world: int) -> np.ndarray:
@@ -86,39 +65,23 @@ def shard_for_rank(count: int, rank: int, world: int) -> np.ndarray:
     return np.arange(rank, count, world)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @torch.no_grad()
-def embed_all(model: nn.Module, data: TrainData, modality: str, device: torch.device,
-              batch_size: int = 256) -> torch.Tensor:
+def embed_all(model: nn.Module, data: TrainData, modality: str, device: torch.device, batch_size: int = 256,
+              workers: int = 0) -> torch.Tensor:
+    """The embeddings of every sample of one modality, inputs made by ``workers`` processes."""
     model.eval()
     outputs = []
-    for start in range(0, data.count(modality), batch_size):
-        indices = np.arange(start, min(start + batch_size, data.count(modality)))
+    for inputs in chunk_loader(data, modality, batch_size, workers):
         with _autocast(device):
-            outputs.append(model.embed(data.fetch(modality, indices).to(device), modality).float().cpu())
+            outputs.append(model.embed(data.prepare(inputs, device), modality).float().cpu())
     model.train()
     return torch.cat(outputs)
 
 
-def validate(model: nn.Module, val: TrainData, device: torch.device) -> dict:
+def validate(model: nn.Module, val: TrainData, device: torch.device, workers: int = 0) -> dict:
     """Category-level metrics of val sketches against val photos (seen classes)."""
-    sketches = embed_all(model, val, "sketch", device)
-    photos = embed_all(model, val, "photo", device)
+    sketches = embed_all(model, val, "sketch", device, workers=workers)
+    photos = embed_all(model, val, "photo", device, workers=workers)
     return evaluate_embeddings(sketches.numpy(), photos.numpy(), val.labels["sketch"], val.labels["photo"])
 
 
@@ -145,17 +108,18 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
 
 def train(model: nn.Module, data: TrainData, val: TrainData | None, config: TrainConfig, out: Path,
           optimizer_factory: Callable | None = None, device: torch.device | None = None,
-          callbacks: Sequence[TrainCallback] = (), progress: bool = True) -> dict:
+          callbacks: Sequence[TrainCallback] = (), workers: int = 0, progress: bool = True) -> dict:
     """Train ``model`` (see the module docstring); return a summary (best step, best val mAP, last loss).
 
     ``out`` receives ``last.pt`` (resumable) and ``model.safetensors`` (the selected weights). An
     existing ``last.pt`` is resumed from. ``callbacks`` see the start, every step's losses and val mAP, and
-    the end (rank 0 only).
+    the end (rank 0 only). ``workers``: DataLoader processes making the batches (0: this process); the
+    batches, and so the weights, do not depend on it.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = distributed()
-    device = device or default_device()
+    device = local_device(device or default_device())
     model.to(device)
     share = shard_for_rank(data.count("sketch"), rank, world)
     photo_share = shard_for_rank(data.count("photo"), rank, world)
@@ -188,18 +152,13 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0,
                file=sys.stderr)
     loss_value = float("nan")
+    batches = step_loader(StepBatches(data, sampler, share, photo_share, config.batch_size), step, config.steps,
+                          workers)
     with deterministic_on_cpu(device):
-        while step < config.steps:
+        for made in batches:
             torch.manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
-            sketches, positives, negatives = sampler.batch(step, config.batch_size)
-            batch = {
-                "sketch": data.fetch("sketch", share[sketches]).to(device),
-                "positive": data.fetch("photo", photo_share[positives]).to(device),
-                "negative": data.fetch("photo", photo_share[negatives]).to(device),
-                "sketch_label": torch.as_tensor(np.asarray(data.labels["sketch"])[share[sketches]], device=device),
-                "negative_label": torch.as_tensor(np.asarray(data.labels["photo"])[photo_share[negatives]],
-                                                  device=device),
-            }
+            batch = {name: data.prepare(made[name], device) for name in ("sketch", "positive", "negative")}
+            batch.update(sketch_label=made["sketch_label"].to(device), negative_label=made["negative_label"].to(device))
             with _autocast(device):
                 loss, parts = wrapped(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -211,7 +170,7 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
             bar.set_postfix(loss=f"{loss_value:.4f}")
             metrics = {"train/loss": loss_value, **{f"train/{name}": float(value) for name, value in parts.items()}}
             if val is not None and (step % config.eval_every == 0 or step == config.steps):
-                score = validate(model, val, device)["map_all"]
+                score = validate(model, val, device, workers)["map_all"]
                 metrics["val/map_all"] = score
                 if score > best:
                     best, best_step = score, step
@@ -231,8 +190,6 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
     if world > 1:
         torch.distributed.barrier()
     return summary
-
-
 
 
 def _subset(values, indices: np.ndarray):

@@ -48,11 +48,14 @@ def check_feature_cache(features: Path, spec: dict) -> None:
 
 
 def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, features: Path | None = None,
-                callbacks: Sequence[TrainCallback] = (), device: str | None = None, progress: bool = False) -> dict:
+                callbacks: Sequence[TrainCallback] = (), device: str | None = None, workers: int = 0,
+                cache_dir: Path | None = None, progress: bool = False) -> dict:
     """Train the model of ``spec`` on the shards (or the feature cache ``features``) into ``out``;
     return what ``out/model.json`` holds (``trained`` false for a method with nothing to train: ``frozen``).
-    ``callbacks``: see :func:`sbir.train.loop.train`. ``device``: ``cpu``, ``cuda``, ``cuda:N``; None picks
-    CUDA when there is one.
+    ``shards``: a folder, URL or ``pipe:`` location (remote shards are fetched once into ``cache_dir``,
+    :func:`sbir.train.inputs.local_shards`). ``callbacks`` and ``workers`` (DataLoader processes decoding the
+    images): see :func:`sbir.train.loop.train`. ``device``: ``cpu``, ``cuda``, ``cuda:N``; None picks CUDA
+    when there is one.
 
     Resumes from ``out/last.pt`` when it is there (a run that was killed).
     """
@@ -85,11 +88,11 @@ def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, featur
         data = cached_train_data(features, "train", classes, kind)
         val = cached_train_data(features, "val", classes, kind) if has_val else None
     else:
-        data = image_train_data(shards, "train", classes, model.image_config)
-        val = image_train_data(shards, "val", classes, model.image_config) if has_val else None
+        data = image_train_data(shards, "train", classes, model.image_config, cache_dir)
+        val = image_train_data(shards, "val", classes, model.image_config, cache_dir) if has_val else None
     factory = (lambda m: m.make_optimizer()) if hasattr(model, "make_optimizer") else None
     summary = train(model, data, val, config, out, optimizer_factory=factory, callbacks=callbacks, progress=progress,
-                    device=device)
+                    device=device, workers=workers if not cached else 0)
     info = {**info, "trained": True, "summary": summary}
     write_description(out, info)
     return info

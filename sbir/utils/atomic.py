@@ -88,8 +88,8 @@ def check_inputs(out: Path, inputs: Iterable[Path | str | None]) -> None:
     """Refuse an ``out`` that is, contains or lies inside one of ``inputs`` (what the command reads)."""
     target = Path(out).resolve()
     for source in inputs:
-        if source is None or str(source) == "":
-            continue
+        if source is None or str(source) == "" or "://" in str(source) or str(source).startswith("pipe:"):
+            continue  # not a local path: nothing here can overlap it
         read = Path(source).resolve()
         if target == read:
             raise SbirError(f"{out}: is the input {source} that this command reads; choose another output")

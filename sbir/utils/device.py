@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -43,3 +44,21 @@ def torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by ``torchrun`` (nccl with each process
+    on the GPU of its ``LOCAL_RANK``, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``cuda`` without an index as the GPU this process uses (its ``LOCAL_RANK``'s under torchrun)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

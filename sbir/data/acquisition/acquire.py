@@ -26,8 +26,6 @@ COMPLETE = "COMPLETE.json"
 LOCAL_COPY = "LOCAL_COPY.json"
 
 
-
-
 def resolve_raw(raw: Path) -> Path:
     """The folder holding the raw data: ``raw`` itself, or the local copy it points to."""
     pointer = Path(raw) / LOCAL_COPY

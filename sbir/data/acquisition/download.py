@@ -54,7 +54,6 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-
 def verify_md5(path: Path, expected: str | None, name: str | None = None) -> None:
     """Raise :class:`SbirError` unless ``path`` has md5 ``expected`` (nothing to check when None).
 

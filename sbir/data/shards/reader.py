@@ -1,9 +1,10 @@
-"""WebDataset shards: deterministic writing, and reading back.
+"""Reading shards back: the index (its shape checked), the shards of a part, and their samples.
 
 A shard is a plain tar of samples; each sample is ``<key>.jpg`` or ``<key>.png`` (the image),
 ``<key>.cls`` (class index, ASCII) and ``<key>.json`` (class name, modality, source path, instance id).
-Tar headers carry a fixed mtime, owner and mode, so the same samples in the same order give the same
-bytes. A shard is written to ``<name>.tmp`` and renamed when complete.
+Shards are read from wherever they are (:mod:`sbir.data.shards.location`: a local folder, a URL, a
+``pipe:`` command): a local shard is a :class:`~pathlib.Path`, a remote one a URL string, and
+:func:`iter_tar_samples` streams either.
 """
 
 from __future__ import annotations
@@ -15,37 +16,11 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sbir.data.shards.location import ShardLocation, shard_location
 from sbir.errors import SbirError
 
 INDEX_NAME = "index.json"
 PARTS = ("train", "val", "test")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 #: the index keys a reader may ask :func:`read_index` to insist on
@@ -54,8 +29,9 @@ _SHARD_NAME = re.compile(r"(train|val|test)/(sketch|photo)-[0-9]+\.tar")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def read_index(folder: Path, require: tuple[str, ...] = ()) -> dict:
+def read_index(folder: Path | str | ShardLocation, require: tuple[str, ...] = ()) -> dict:
     """The shard index ``folder/index.json``, its shape checked; :class:`SbirError` in one line otherwise.
+    ``folder``: a local folder, or a URL / ``pipe:`` location of one (:mod:`sbir.data.shards.location`).
 
     Every key of :data:`INDEX_KEYS` that is present must have the shape ``sbir-prep shard`` writes
     (``shards``: ``<part>/<modality>-<n>.tar`` -> samples and sha256; ``counts``: part -> modality ->
@@ -63,11 +39,12 @@ def read_index(folder: Path, require: tuple[str, ...] = ()) -> dict:
     still hold one of those keys (``{}`` is no index), but readers that need only the class lists (a
     frozen model's training) accept an index of just those.
     """
-    path = Path(folder) / INDEX_NAME
-    if not path.is_file():
+    location = shard_location(folder)
+    path = location.url(INDEX_NAME)
+    if location.is_local and not location.folder.joinpath(INDEX_NAME).is_file():
         raise SbirError(f"{path}: no shard index (is {folder} the output of 'sbir-prep shard'?)")
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(location.read(INDEX_NAME).decode("utf-8"))
     except ValueError as error:
         raise SbirError(f"{path}: unreadable shard index: {error}") from None
     except OSError as error:
@@ -148,53 +125,81 @@ def _per_part_problem(table, key: str, per_class: bool) -> str | None:
     return None
 
 
-def shard_paths(folder: Path, part: str, modality: str) -> list[Path]:
-    """The shards of one part and modality, in order, as listed in the index."""
-    index = read_index(folder, require=("shards",))
-    return [Path(folder) / rel for rel in index["shards"] if rel.startswith(f"{part}/{modality}-")]
+def shard_paths(folder: Path | str | ShardLocation, part: str, modality: str) -> list[Path | str]:
+    """The shards of one part and modality, in order, as listed in the index: paths of a local folder, URLs
+    (or ``pipe:`` commands) of a remote one."""
+    location = shard_location(folder)
+    index = read_index(location, require=("shards",))
+    rels = [rel for rel in index["shards"] if rel.startswith(f"{part}/{modality}-")]
+    return [location.folder / rel if location.is_local else location.url(rel) for rel in rels]
 
 
 class ShardReadError(SbirError):
     """A shard's tar cannot be read to its end: ``path``, the last whole sample read (``after``, None when
     none was) and the ``reason``."""
 
-    def __init__(self, path: Path, after: str | None, reason: str):
-        self.path, self.after, self.reason = Path(path), after, reason
+    def __init__(self, path: Path | str, after: str | None, reason: str):
+        self.path, self.after, self.reason = path, after, reason
         where = f"after sample {after}" if after is not None else "before its first sample"
         super().__init__(f"{path}: unreadable tar {where}: {reason}")
 
 
-def iter_tar_samples(path: Path) -> Iterator[dict]:
+def iter_tar_samples(path: Path | str) -> Iterator[dict]:
     """Samples of one shard (a plain, uncompressed tar) as dicts of raw bytes (``__key__`` plus one entry per
-    extension).
+    extension). ``path``: a local file, or a URL / ``pipe:`` command, streamed with WebDataset's ``gopen``.
 
     A tar that cannot be read to its end raises :class:`ShardReadError` naming the last whole sample read;
     the sample being read when it fails is not yielded (it may lack members). That includes a damaged
     header in the middle of the shard, which ``tarfile`` on its own takes for the end of the archive
     (dropping the rest silently): whatever follows the last member must be the zero blocks of the end.
     """
-    sample: dict = {}
-    done = None
+    if isinstance(path, str) and (path.startswith("pipe:") or "://" in path):
+        yield from _iter_remote_samples(path)
+        return
+    state: dict = {"done": None, "last": {}}
     try:
         with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, extension = member.name.partition(".")
-                if sample and sample["__key__"] != key:
-                    done = sample["__key__"]
-                    yield sample
-                    sample = {}
-                sample["__key__"] = key
-                sample[extension] = tar.extractfile(member).read()
+            yield from _grouped(tar, state)
             end = tar.offset
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise ShardReadError(path, done, str(error) or type(error).__name__) from None
+        raise ShardReadError(path, state["done"], str(error) or type(error).__name__) from None
     reason = _damage_after_end(path, end)
     if reason:
-        raise ShardReadError(path, done, reason)
-    if sample:
-        yield sample
+        raise ShardReadError(path, state["done"], reason)
+    if state["last"]:
+        yield state["last"]
+
+
+def _grouped(tar: tarfile.TarFile, state: dict) -> Iterator[dict]:
+    """The members of ``tar`` grouped by key into samples; the last, possibly incomplete, one is left in
+    ``state["last"]`` (the caller yields it once the tar is known to be whole), ``state["done"]`` is the key
+    of the last sample yielded."""
+    sample: dict = {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        key, _, extension = member.name.partition(".")
+        if sample and sample["__key__"] != key:
+            state["done"] = sample["__key__"]
+            yield sample
+            sample = {}
+        sample["__key__"] = key
+        sample[extension] = tar.extractfile(member).read()
+    state["last"] = sample
+
+
+def _iter_remote_samples(url: str) -> Iterator[dict]:
+    """:func:`iter_tar_samples` of a stream, read once, start to end."""
+    from webdataset import gopen
+
+    state: dict = {"done": None, "last": {}}
+    try:
+        with gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            yield from _grouped(tar, state)
+    except Exception as error:  # tar errors, curl's or the pipe's exit status
+        raise ShardReadError(url, state["done"], str(error) or type(error).__name__) from None
+    if state["last"]:
+        yield state["last"]
 
 
 def _damage_after_end(path: Path, offset: int) -> str | None:
