@@ -1,8 +1,8 @@
 """Embedding throughput through the full data path vs. the model alone, measured in one run.
 
-Shards ``../shared/data/sketchy-mini`` (split sketchy21) once, at the model's input size 224 by default
-(``--image-size 0`` keeps the 256 originals, which the loader then resizes), then, with the same frozen
-EfficientNet-Lite0 model in the same process:
+Shards the sketchy-mini subset (``--raw``; by default the test data beside the repository; split
+sketchy21) once, at the model's input size 224 by default (``--image-size 0`` keeps the 256 originals,
+which the loader then resizes), then, with the same frozen EfficientNet-Lite0 model in the same process:
 
 - model alone: ``model.embed`` over the test images already decoded, resized and normalised in memory,
   in the batches the pipeline makes (per shard, ``--batch-size``);

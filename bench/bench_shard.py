@@ -1,6 +1,6 @@
 """Sharding throughput vs. the decode limit, measured in one run.
 
-Shards ``../shared/data/sketchy-mini`` (split sketchy21, all cores) and, in the same run, times a bare
+Shards the sketchy-mini subset (``--raw``; split sketchy21, all cores) and, in the same run, times a bare
 decode loop (read the file, ``PIL.Image.open(...).load()``) over the same files in one process; the
 limit is that rate times the cores sharding used. Target: sharding at >= 70% of the limit.
 

@@ -2,7 +2,7 @@
 batch size, for ZSE-SBIR on ViT-B/16 and CLIP visual prompts on ViT-B/32 (the figures issue 4 asks for
 when a GPU is lent; it runs on the CPU too, slowly, with small batches).
 
-A step is what ``sbir.train.train`` does per step: forward of a batch of (sketch, positive photo, negative
+A step is what ``sbir.train.loop.train`` does per step: forward of a batch of (sketch, positive photo, negative
 photo) triplets to the method's loss (bf16 autocast on CUDA), backward, optimiser step (the method's own
 optimiser when it has one, else AdamW over the trainable parameters). Images per step = 3 x batch size.
 Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (CUDA only); a batch size that

@@ -18,8 +18,8 @@ source "$REPO/experiments/settings.sh"
 python - "$SKETCHY" "$TUBERLIN" > results/shared-classes.txt <<'PY'
 import sys
 from pathlib import Path
-from sbir.datasets import get_dataset
-from sbir.splits import normalise_class_name
+from sbir.data.datasets import get_dataset
+from sbir.data.splits import normalise_class_name
 def classes(name, root):
     return {item.class_name for item in get_dataset(name).scan(Path(root)).items}
 sketchy, tuberlin = classes("sketchy", sys.argv[1]), classes("tuberlin", sys.argv[2])

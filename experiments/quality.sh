@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's quality table on sketchy-mini, measured with `dvc exp run` in a fresh clone of this repository:
+# The quality table of docs/results.md on sketchy-mini, measured with `dvc exp run` in a fresh clone of this repository:
 # frozen, linear and zse (token, rerank, relation) on EfficientNet-Lite0 (CPU), split sketchy21.
 #
 #   bash experiments/quality.sh [SKETCHY_MINI_DIR] [WORK_DIR]

@@ -1,4 +1,4 @@
-"""Diagnostic for the rerank-vs-relation gap of ``zse`` (README, "Quality on real data").
+"""Diagnostic for the rerank-vs-relation gap of ``zse`` (docs/results.md).
 
 Trains a head-only ``zse`` model (EfficientNet-Lite0 tokens, width 256) on a feature cache and, every
 ``--every`` steps, prints val (SEEN classes) and test (UNSEEN classes) mAP@all of the three retrieval
