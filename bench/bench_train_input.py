@@ -1,12 +1,15 @@
 """The whole-model training input path (``sbir.train.inputs``): throughput of its DataLoader workers against the
 bare decode + resize loop, and peak memory at 1x and 10x the dataset.
 
-1. Throughput. The images of the train part are read into memory once; one process times the bare loop
-   (``load_image``: decode, RGB, bicubic resize to ``--image-size``) over them: ``r`` images/s on one core.
-   Then :func:`sbir.train.inputs.training_batches` with ``--workers W`` makes ``--steps`` triplet batches
-   (3 x ``--batch-size`` images each, class-balanced, read on demand from the shards) and the main process
-   only receives them. Ratio = its images/s / (W x r): how close W workers come to W cores of pure decoding
-   (target >= 0.8). Worker start-up is timed apart (the first batch).
+1. Throughput. The training input path (``StepBatches`` in a DataLoader of ``--workers W`` processes, as
+   :func:`sbir.train.loop.train` runs it) makes ``--steps`` triplet batches (3 x ``--batch-size`` images
+   each, class-balanced: a third sketches, two thirds photos, read on demand from the shards) and the main
+   process only receives them. The bare loop decodes and resizes (``load_image``: decode, RGB, bicubic
+   resize to ``--image-size``) exactly the images of those batches, their bytes read beforehand, in one
+   process: ``r`` images/s on one core. Ratio = its images/s / (W x r): how close W workers come to W cores
+   of pure decoding (target >= 0.8). Also printed: W bare loops run at once in W processes (each on its
+   share of the images), the rate W busy cores really reach, and the path's ratio to that. Worker start-up
+   is timed apart (the first batch).
 2. Memory. A subprocess trains a tiny random-init model (one conv: the data path, not the model, is measured)
    for ``--memory-steps`` steps through :func:`sbir.train.loop.train` with 2 workers, on the shards and on a
    10x copy (the shard files linked ten times under new names, the index listing all of them); peak RSS of
@@ -16,13 +19,14 @@ bare decode + resize loop, and peak memory at 1x and 10x the dataset.
 Shards: ``--shards DIR``; by default the real Sketchy subset (``$SBIR_SHARED_DATA/sketchy-mini``, sharded
 here at 256 px as the pipeline does) or, without it, the embedded synthetic dataset.
 
-    python bench/bench_train_input.py [--shards DIR] [--workers 2] [--steps 30] [--batch-size 16]
+    python bench/bench_train_input.py [--shards DIR] [--workers 2] [--rounds 7] [--steps 12] [--batch-size 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -30,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from sbir.data.images import ImageConfig, load_image
 from sbir.data.shards.reader import image_of, iter_tar_samples, read_index, shard_paths
@@ -52,26 +58,53 @@ def make_shards(tmp: Path) -> Path:
     return tmp / "shards"
 
 
-def throughput(shards: Path, workers: int, steps: int, batch_size: int, size: int) -> dict:
-    from sbir.train.inputs import training_batches
+def throughput(shards: Path, workers: int, steps: int, batch_size: int, size: int, rounds: int) -> dict:
+    """Median over ``rounds`` of (path rate / (workers x bare rate)), each round timing the bare loop, then the
+    path, on the images of its own block of ``steps`` batches (the speed of a core here drifts by +-15 %
+    within a minute: pairs measured close together, and their median, are what can be compared)."""
+    from sbir.train.inputs import StepBatches, image_train_data, step_loader
+    from sbir.train.sampling import PairSampler
 
-    encoded = [image_of(sample)[1] for modality in ("sketch", "photo")
-               for path in shard_paths(shards, "train", modality) for sample in iter_tar_samples(path)]
-    count = min(len(encoded), 600)
-    start = time.perf_counter()
-    for data in encoded[:count]:
-        load_image(data, size)
-    bare = count / (time.perf_counter() - start)
     config = ImageConfig(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    data = image_train_data(shards, "train", read_index(shards)["classes"], config)
+    sampler = PairSampler(data.labels["sketch"], data.labels["photo"], seed=0)
+    everything = (np.arange(data.count("sketch")), np.arange(data.count("photo")))
+    batches = StepBatches(data, sampler, *everything, batch_size)
+    images = data.fetch.images
+    bare, together, path, first = [], [], [], []
+    for number in range(rounds):
+        begin = 1 + number * (steps + 1)
+        encoded = []  # the bare loop: decode + resize of exactly the images of this round's batches
+        for step in range(begin + 1, begin + 1 + steps):
+            sketches, positives, negatives = sampler.batch(step, batch_size)
+            encoded += [images["sketch"].read(int(i)) for i in sketches]
+            encoded += [images["photo"].read(int(i)) for i in (*positives, *negatives)]
+        bare.append(_decode_rate((encoded, size)))
+        with multiprocessing.get_context("fork").Pool(workers) as pool:  # W bare loops at once, a share each
+            together.append(sum(pool.map(_decode_rate, [(encoded[w::workers], size) for w in range(workers)])))
+        start = time.perf_counter()
+        loader = iter(step_loader(batches, begin, begin + 1 + steps, workers))
+        next(loader)  # the workers' start-up
+        first.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        made = sum(1 for _ in loader)
+        path.append(made * 3 * batch_size / (time.perf_counter() - start))
+    ratios = sorted(p / (workers * b) for p, b in zip(path, bare))
+    concurrent = sorted(p / t for p, t in zip(path, together))
+    return {"images": data.count("sketch") + data.count("photo"), "bare_per_core": float(np.median(bare)),
+            "bare_together": float(np.median(together)), "concurrent_ratio": concurrent[len(concurrent) // 2],
+            "workers": workers, "path": float(np.median(path)), "ratio": ratios[len(ratios) // 2],
+            "ratios": ratios, "per_worker_core": float(np.median(path)) / workers,
+            "first_batch_s": float(np.median(first))}
+
+
+def _decode_rate(job: tuple[list[bytes], int]) -> float:
+    """Images/s of the bare loop over ``job`` = (encoded images, side)."""
+    encoded, size = job
     start = time.perf_counter()
-    batches = iter(training_batches(shards, config, batch_size, steps + 1, workers=workers))
-    next(batches)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    made = sum(1 for _ in batches)
-    path = made * 3 * batch_size / (time.perf_counter() - start)
-    return {"images": len(encoded), "bare_per_core": bare, "workers": workers, "path": path,
-            "ratio": path / (workers * bare), "per_worker_core": path / workers, "first_batch_s": first}
+    for data in encoded:
+        load_image(data, size)
+    return len(encoded) / (time.perf_counter() - start)
 
 
 def linked_copy(shards: Path, out: Path, times: int) -> Path:
@@ -144,20 +177,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12, help="batches timed per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=32, help="triplets per batch (the pipeline's default)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--memory-steps", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = args.shards or make_shards(tmp)
-        speed = throughput(shards, args.workers, args.steps, args.batch_size, args.image_size)
+        speed = throughput(shards, args.workers, args.steps, args.batch_size, args.image_size, args.rounds)
         print(f"shards {shards}: {speed['images']} train images; {os.cpu_count()} cores")
         print(f"bare decode + resize to {args.image_size}: {speed['bare_per_core']:.0f} images/s on one core")
         print(f"input path, {speed['workers']} workers: {speed['path']:.0f} images/s "
               f"({speed['per_worker_core']:.0f} per worker core; first batch after {speed['first_batch_s']:.2f} s)")
-        print(f"ratio path / ({speed['workers']} x bare): {speed['ratio']:.2f}  (target >= 0.8)")
+        print(f"{speed['workers']} bare loops at once: {speed['bare_together']:.0f} images/s; ratio path / that: "
+              f"{speed['concurrent_ratio']:.2f} (both cores busy run slower than one alone)")
+        print(f"ratio path / ({speed['workers']} x bare), median of {len(speed['ratios'])} rounds: "
+              f"{speed['ratio']:.2f}  (target >= 0.8; rounds {', '.join(f'{r:.2f}' for r in speed['ratios'])})")
         tenfold = linked_copy(shards, tmp / "tenfold", 10)
         one = peak_memory(shards, tmp / "m1", args.memory_steps)
         ten = peak_memory(tenfold, tmp / "m10", args.memory_steps)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 LAYERS = {"errors": 0, "utils": 0, "data": 1, "models": 2, "train": 3, "retrieval": 3, "explain": 4, "cli": 5}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from sbir.data.images import ImageConfig, load_image
 from sbir.data.loader import Normalise
@@ -82,7 +82,7 @@ def cached_train_data(feature_folder: Path, part: str, classes: list[str], kind:
 # ------------------------------------------------------------------------------------------------ shard images
 class ShardImages:
     """Random access to the images of a list of local shards: ``(shard, offset, size)`` of each sample's image
-    member, found by reading the tar headers once; images are read (one seek each) and decoded on demand.
+    member, found by reading the tar headers once; images are read (one ``pread`` each) and decoded on demand.
     Open files are per process and not pickled, so worker processes open their own."""
 
     def __init__(self, shards: list[Path], image_config: ImageConfig):
@@ -92,7 +92,8 @@ class ShardImages:
         self.instances: list[str] = []
         for number, path in enumerate(shards):
             self._scan(number, path)
-        self._files: dict[int, object] = {}
+        self._files: dict[int, int] = {}  # open file descriptors of this process (``_pid``)
+        self._pid = os.getpid()
 
     def _scan(self, number: int, path: Path) -> None:
         image = meta = None
@@ -116,21 +117,35 @@ class ShardImages:
         return len(self.where)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": {}, "_pid": None}
 
     def read(self, index: int) -> bytes:
+        """The image bytes of sample ``index``: one ``pread`` (no shared file position, so processes forked
+        after a file was opened here read correctly too)."""
         number, offset, size = self.where[index]
-        handle = self._files.get(number)
-        if handle is None:
-            handle = self._files[number] = open(self.shards[number], "rb")  # kept open: one per shard and process
-        handle.seek(offset)
-        return handle.read(size)
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        descriptor = self._files.get(number)
+        if descriptor is None:
+            descriptor = self._files[number] = os.open(self.shards[number], os.O_RDONLY)
+        return os.pread(descriptor, size, offset)
 
-    def fetch(self, indices: np.ndarray) -> torch.Tensor:
-        """uint8 ``[b, S, S, 3]``: the images, decoded and resized to the model's input size."""
-        config = self.config
-        return torch.from_numpy(np.stack([load_image(self.read(int(i)), config.size, config.interpolation)
-                                          for i in indices]))
+    def fetch(self, indices: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 ``[b, S, S, 3]``: the images, decoded and resized to the model's input size, written into
+        ``out`` when given (else a new :func:`image_batch`)."""
+        size, interpolation = self.config.size, self.config.interpolation
+        batch = image_batch(len(indices), size) if out is None else out
+        array = batch.numpy()
+        for row, index in enumerate(indices):
+            array[row] = load_image(self.read(int(index)), size, interpolation)
+        return batch
+
+
+def image_batch(count: int, size: int) -> torch.Tensor:
+    """An empty uint8 ``[count, size, size, 3]`` batch; in a DataLoader worker it is made in shared memory, so
+    that handing it to the training process copies nothing."""
+    batch = torch.empty((count, size, size, 3), dtype=torch.uint8)
+    return batch.share_memory_() if get_worker_info() is not None else batch
 
 
 class ImageInputs:
@@ -141,6 +156,15 @@ class ImageInputs:
 
     def __call__(self, modality: str, indices: np.ndarray) -> torch.Tensor:
         return self.images[modality].fetch(indices)
+
+    def triplet(self, sketches: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> list[torch.Tensor]:
+        """The three image batches of a step, views of one buffer (one shared-memory block per step)."""
+        size = self.images["sketch"].config.size
+        buffer = image_batch(len(sketches) + len(positives) + len(negatives), size)
+        views = buffer.split([len(sketches), len(positives), len(negatives)])
+        for modality, indices, view in zip(("sketch", "photo", "photo"), (sketches, positives, negatives), views):
+            self.images[modality].fetch(indices, out=view)
+        return list(views)
 
 
 class Normalised:
@@ -220,8 +244,11 @@ class StepBatches(Dataset):
         sketches, positives, negatives = self.share[sketches], self.photo_share[positives], \
             self.photo_share[negatives]
         fetch = self.data.fetch
-        return {"sketch": fetch("sketch", sketches), "positive": fetch("photo", positives),
-                "negative": fetch("photo", negatives),
+        if hasattr(fetch, "triplet"):
+            sketch, positive, negative = fetch.triplet(sketches, positives, negatives)
+        else:
+            sketch, positive, negative = fetch("sketch", sketches), fetch("photo", positives), fetch("photo", negatives)
+        return {"sketch": sketch, "positive": positive, "negative": negative,
                 "sketch_label": torch.as_tensor(self.sketch_labels[sketches]),
                 "negative_label": torch.as_tensor(self.photo_labels[negatives])}
 

@@ -10,7 +10,7 @@ import torch
 from sbir.data.images import ImageConfig
 from sbir.data.shards.reader import read_index
 from sbir.models import create_model
-from sbir.train.inputs import ShardImages, image_train_data, local_shards, training_batches
+from sbir.train.inputs import ShardImages, chunk_loader, image_train_data, local_shards, training_batches
 from sbir.train.loop import TrainConfig, train
 from tests.helpers import TinyCNN, assert_same_tensors
 
@@ -25,6 +25,29 @@ def test_shard_images_hold_where_images_are_not_the_images(synthetic_shards):
     assert all(len(entry) == 3 for entry in images.where)  # (shard, offset, size) per sample, nothing else
     batch = images.fetch([0, len(images) - 1])
     assert batch.shape == (2, 32, 32, 3) and batch.dtype == torch.uint8
+
+
+@pytest.fixture(scope="module")
+def sketchy_shards(sketchy_mini, tmp_path_factory):
+    """Real shards: sketchy-mini at 256 px (1,500 train images), to have the workers read at the same time."""
+    from sbir.data.datasets import get_dataset
+    from sbir.data.shards.build import shard_dataset
+
+    out = tmp_path_factory.mktemp("sketchy") / "shards"
+    shard_dataset(get_dataset("sketchy"), sketchy_mini, out, "sketchy21", workers=2, progress=False)
+    return out
+
+
+def test_workers_forked_after_this_process_read_images_read_them_right(sketchy_shards):
+    """Files this process opened are inherited by forked workers: reading must not share a file position (with
+    a seek and a read, two workers reading at once got each other's bytes: 'cannot identify image file')."""
+    data = image_train_data(sketchy_shards, "train", read_index(sketchy_shards)["classes"], CONFIG)
+    data.fetch("photo", [0, 1])  # opens the shard here, before the workers fork
+    alone = list(chunk_loader(data, "photo", 4, workers=0))
+    forked = list(chunk_loader(data, "photo", 4, workers=2))
+    assert len(alone) == len(forked) >= 100
+    for a, b in zip(alone, forked):
+        assert torch.equal(a, b)
 
 
 def test_training_batches_do_not_depend_on_the_workers(synthetic_shards):

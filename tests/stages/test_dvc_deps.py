@@ -1,0 +1,78 @@
+"""Every DVC stage depends on all the code it runs: the modules its entry point imports, transitively within
+the repository (function-level imports included), each lie in a path of the stage's ``deps``."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+PACKAGES = ("sbir", "pipeline")
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
+
+
+def imported_by(name: str) -> set[str]:
+    """The in-repository modules ``name`` imports anywhere in its body, and their parent packages."""
+    path = module_file(name)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            module = (".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                      if node.level else node.module)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    modules = set()
+    for dotted in found:
+        parts = dotted.split(".")
+        if parts[0] in PACKAGES:
+            modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if module_file(".".join(parts[:i])))
+    return modules
+
+
+def closure(entry: str) -> set[str]:
+    seen, todo = set(), [entry]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += imported_by(name)
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_cover_the_code_it_runs(stage):
+    entry = re.search(r"python -m (\S+)", STAGES[stage]["cmd"])[1]
+    files = sorted(module_file(name).relative_to(ROOT).as_posix() for name in closure(entry))
+    assert len(files) > 3, files  # the entry point, its params reader, and the library it calls
+    deps = [next(iter(dep)) if isinstance(dep, dict) else dep for dep in STAGES[stage].get("deps", [])]
+    uncovered = [file for file in files if not any(file == dep or file.startswith(dep.rstrip("/") + "/")
+                                                   for dep in deps)]
+    assert uncovered == [], f"stage {stage}: add to its deps in dvc.yaml: {uncovered}"
