@@ -68,6 +68,7 @@ BAD = [
     ("sbir", "train", "--eval-every", "0"),
     ("sbir", "train", "--checkpoint-every", "0"),
     ("sbir", "train", "--seed", "-1"),
+    ("sbir", "train", "--workers", "-1"),
     ("sbir", "search", "--top-k", "0"),
     ("sbir", "search", "--shortlist", "0"),
     ("sbir", "index", "--batch-size", "0"),
