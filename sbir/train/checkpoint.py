@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sbir.models.folder import trained_state
-from sbir.utils.atomic import atomic_file
 
 if TYPE_CHECKING:  # annotations only: the loop imports this module
     from sbir.train.loop import TrainConfig
 
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,9 +23,17 @@ from torch import nn
 def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, best: float, best_step: int,
                     config: TrainConfig) -> None:
     """``last.pt``: what training changed (weights, optimiser, step, best val score), written atomically."""
-    with atomic_file(Path(path)) as tmp:
+    # torch.save names the archive's inner folder after the file: written under its own name in a private
+    # temporary folder (not under a pid-stamped temporary name), the bytes are the same in every run
+    path = Path(path)
+    folder = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
         torch.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "step": step,
-                    "best": best, "best_step": best_step, "run": _run_signature(model, config)}, tmp)
+                    "best": best, "best_step": best_step, "run": _run_signature(model, config)}, folder / path.name)
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_signature(model: nn.Module, config: TrainConfig) -> str:
