@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.model import model_spec
 from pipeline.params import FEATURES, MODEL, SHARDS, load
 from sbir.cli import user_errors
-from sbir.cli.live import DVCLiveLogger
+from sbir.cli.train import DVCLiveLogger
 from sbir.train.loop import TrainConfig
 from sbir.train.run import train_model
 
