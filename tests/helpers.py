@@ -5,6 +5,7 @@ on ``sys.path``). Fixtures live in ``conftest.py``."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -301,3 +302,27 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     assert list(a) == list(b) and a, (list(a)[:5], list(b)[:5])
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def imported_names(path: Path, package: str) -> set[str]:
+    """Every dotted name a module imports anywhere in its body (function-level imports too, ``if TYPE_CHECKING:``
+    blocks not): ``import a.b`` gives ``a.b``; ``from a import b`` gives ``a`` and ``a.b`` (``b`` may be a
+    submodule). ``package``: the module's package, for relative imports."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            module = (".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                      if node.level else node.module)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(Path(path).read_text(encoding="utf-8")))
+    return found

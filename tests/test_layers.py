@@ -5,10 +5,9 @@ Function-level imports count; ``if TYPE_CHECKING:`` blocks do not."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, imported_names
 
 LAYERS = {"errors": 0, "utils": 0, "data": 1, "models": 2, "train": 3, "retrieval": 3, "explain": 4, "cli": 5}
 
@@ -28,25 +27,8 @@ MODULES = modules()
 
 def imports(name: str) -> set[str]:
     path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            parts = package.split(".")
-            module = (".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
-                      if node.level else node.module)
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in MODULES)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(encoding="utf-8")))
-    return found
+    found = imported_names(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
+    return {m for m in found if m in MODULES or m.rpartition(".")[0] not in MODULES}  # modules, not their names
 
 
 def layer(name: str) -> int | None:

@@ -3,14 +3,13 @@ the repository (function-level imports included), each lie in a path of the stag
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, imported_names
 
 PACKAGES = ("sbir", "pipeline")
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -23,32 +22,10 @@ def module_file(name: str) -> Path | None:
     return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
 
 
-def _type_checking(node: ast.If) -> bool:
-    test = node.test
-    return getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
-
-
 def imported_by(name: str) -> set[str]:
     """The in-repository modules ``name`` imports anywhere in its body, and their parent packages."""
     path = module_file(name)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking(node):
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            parts = package.split(".")
-            module = (".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
-                      if node.level else node.module)
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(encoding="utf-8")))
+    found = imported_names(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
     modules = set()
     for dotted in found:
         parts = dotted.split(".")
