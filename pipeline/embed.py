@@ -18,7 +18,7 @@ from sbir.data.shards.reader import read_index
 from sbir.models.folder import model_identity
 from sbir.retrieval.embed import embed_split
 from sbir.retrieval.embeddings import Embeddings, write_embeddings
-from sbir.train.features import load_features
+from sbir.train.features import cached_inputs, input_count, input_rows, load_features
 from sbir.train.run import CACHED_INPUT, uses_feature_cache
 
 
@@ -27,9 +27,9 @@ def embed_cached(model, kind: str, part: str, batch_size: int = 256) -> dict[str
     result = {}
     for modality in ("sketch", "photo"):
         features = load_features(FEATURES, part, modality)
-        inputs = features.pooled if kind == "pooled" else features.tokens
-        vectors = [model.embed(inputs[i:i + batch_size].float(), modality).float().numpy()
-                   for i in range(0, len(inputs), batch_size)]
+        inputs = cached_inputs(features, kind)
+        vectors = [model.embed(input_rows(inputs, slice(i, i + batch_size)), modality).float().numpy()
+                   for i in range(0, input_count(inputs), batch_size)]
         result[modality] = Embeddings(np.concatenate(vectors), features.keys, features.classes, features.instances)
     return result
 

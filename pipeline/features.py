@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import sys
 
+from pipeline.model import model_spec
 from pipeline.params import FEATURES, SHARDS, load
 from sbir.cli import user_errors
 from sbir.models import create_backbone
-from sbir.train.features import cache_features, write_no_cache
+from sbir.train.features import cache_features, feature_cache_options, write_no_cache
 
 
 @user_errors
@@ -24,7 +25,8 @@ def main() -> None:
     backbone = create_backbone(model["backbone"], weights=model["weights"] or None)
     info = cache_features(backbone, SHARDS, FEATURES, batch_size=features["batch_size"],
                           workers=features["workers"], threads=features["threads"] or None,
-                          info={"weights": model["weights"]}, progress=sys.stderr.isatty())
+                          info={"weights": model["weights"]}, progress=sys.stderr.isatty(),
+                          **feature_cache_options(model_spec(params)))
     print(f"cached {info['counts']} ({info['backbone']}, grid {info['grid']}) -> {FEATURES}")
 
 

@@ -23,7 +23,7 @@ from sbir.errors import SbirError
 
 #: the registries' names (``sbir.models.method_names()``, ``backbone_names()``), written out so that reading
 #: params.yaml imports no model code (download and shard do not depend on it); a test keeps them equal
-METHODS = ("clip_prompt", "frozen", "linear", "zse")
+METHODS = ("clip_prompt", "frozen", "linear", "sake", "zse")
 BACKBONES = ("ViT-B-32", "tf_efficientnet_lite0", "vit_base_patch16_224")
 
 RAW = Path("data/raw")
@@ -92,7 +92,8 @@ SCHEMA: dict[str, Param] = {
     "model.method": Param(str, METHODS, "the retrieval method"),
     "model.backbone": Param(str, BACKBONES, "the backbone"),
     "model.weights": Param((str, None), None, "package, hub or a local weights file; '' is the backbone's default"),
-    "model.head_only": Param(bool, None, "linear/zse: train the heads on the cached frozen backbone"),
+    "model.head_only": Param(bool, None, "linear/zse: train the heads on the cached frozen backbone; sake: its top "
+                                         "stages on the cached frozen part"),
     "model.options": Param(dict, None, "per-method options, {method: {option: value}}"),
     "features.batch_size": Param(int, AT_LEAST_1, "images per batch of the feature cache"),
     "features.workers": Param(int, AT_LEAST_0, "data loading processes of the feature cache; 0 for none"),

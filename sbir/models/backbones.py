@@ -247,6 +247,38 @@ class EfficientNetBackbone(Backbone):
         """ImageNet-1k logits (a check that the weights are what they claim to be)."""
         return self.model(images)
 
+    # The forward pass in two parts, for methods that fine-tune only the last stages (``sake``):
+    # ``top_map(lower(images, n), n)`` is ``forward_features(images)``, stage by stage.
+    @property
+    def num_stages(self) -> int:
+        """Stages of inverted-residual blocks (7 for EfficientNet-Lite0: 112x112 down to 7x7)."""
+        return len(self.model.blocks)
+
+    def stage_modules(self, last: int) -> list[nn.Module]:
+        """The last ``last`` block stages (``0 <= last <= num_stages``), in order."""
+        return list(self.model.blocks)[self.num_stages - last:]
+
+    def lower(self, images: torch.Tensor, last: int) -> torch.Tensor:
+        """``[B, C, h, w]``: the input of the last ``last`` stages (stem and every stage before them)."""
+        features = self.model.bn1(self.model.conv_stem(images))
+        for stage in list(self.model.blocks)[:self.num_stages - last]:
+            features = stage(features)
+        return features
+
+    def head_map(self, features: torch.Tensor) -> torch.Tensor:
+        """The final 1x1 convolution (+ batch norm and activation) on the last stage's output: ``[B, D, h, w]``."""
+        return self.model.bn2(self.model.conv_head(features))
+
+    def tokens_of_map(self, features: torch.Tensor) -> TokenFeatures:
+        """:class:`TokenFeatures` of a final feature map ``[B, D, h, w]`` (as :meth:`forward_tokens`)."""
+        pooled = self.model.forward_head(features, pre_logits=True)
+        return TokenFeatures(pooled, features.flatten(2).transpose(1, 2), (features.shape[2], features.shape[3]))
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The ImageNet-1k classifier on the pooled feature."""
+        return self.model.classifier
+
     def fused_for_inference(self) -> EfficientNetBackbone:
         """A copy with every batch norm folded into the convolution before it (about 1.3x faster on a CPU)."""
         fused = EfficientNetBackbone(fold_batchnorm(copy.deepcopy(self.model)).eval())

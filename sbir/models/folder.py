@@ -34,7 +34,7 @@ def model_options(spec: dict, index: dict | None = None) -> dict:
     options = dict(spec.get("options") or {})
     if method == "zse" and spec.get("head_only"):
         options["head_only"] = True
-    if method == "clip_prompt" and index is not None:
+    if method in ("clip_prompt", "sake") and index is not None:
         options.update(class_names=list(index["classes"]), seen_classes=list(index["seen_classes"]))
     return options
 

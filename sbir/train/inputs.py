@@ -35,7 +35,7 @@ from sbir.data.loader import Normalise
 from sbir.data.shards.location import ShardLocation, shard_location
 from sbir.data.shards.reader import read_index
 from sbir.errors import SbirError
-from sbir.train.features import class_indices, load_features
+from sbir.train.features import cached_inputs, class_indices, input_rows, load_features
 from sbir.train.sampling import PairSampler
 from sbir.utils.atomic import atomic_file
 from sbir.utils.hashing import file_digest
@@ -51,29 +51,37 @@ class TrainData:
     def __init__(self, fetch: Callable[[str, np.ndarray], torch.Tensor], labels: dict, instances: dict,
                  prepare: Callable[[torch.Tensor, torch.device], torch.Tensor] | None = None):
         self.fetch, self.labels, self.instances = fetch, labels, instances
-        self.prepare = prepare or (lambda inputs, device: inputs.to(device))
+        self.prepare = prepare or to_device
 
     def count(self, modality: str) -> int:
         return len(self.labels[modality])
 
 
+def to_device(inputs: torch.Tensor | dict, device: torch.device) -> torch.Tensor | dict:
+    """Inputs (a tensor, or a dict of tensors: ``sake``'s cached inputs) moved to ``device``."""
+    if isinstance(inputs, dict):
+        return {name: value.to(device) for name, value in inputs.items()}
+    return inputs.to(device)
+
+
 # ------------------------------------------------------------------------------------------ cached features
 class CachedInputs:
-    """``fetch`` of the feature cache: rows of in-memory tensors, as float32."""
+    """``fetch`` of the feature cache: rows of in-memory tensors (or dicts of them), as float32."""
 
-    def __init__(self, inputs: dict[str, torch.Tensor]):
+    def __init__(self, inputs: dict[str, torch.Tensor | dict[str, torch.Tensor]]):
         self.inputs = inputs
 
-    def __call__(self, modality: str, indices: np.ndarray) -> torch.Tensor:
-        return self.inputs[modality][torch.as_tensor(indices, dtype=torch.long)].float()
+    def __call__(self, modality: str, indices: np.ndarray) -> torch.Tensor | dict:
+        return input_rows(self.inputs[modality], torch.as_tensor(indices, dtype=torch.long))
 
 
 def cached_train_data(feature_folder: Path, part: str, classes: list[str], kind: str) -> TrainData:
-    """``kind``: ``"pooled"`` (``linear``) or ``"tokens"`` (``zse`` head-only) from the feature cache."""
+    """``kind``: ``"pooled"`` (``linear``), ``"tokens"`` (``zse`` head-only) or ``"stage"`` (``sake``: the input of
+    the trained stages and the teacher's logits) from the feature cache."""
     inputs, labels, instances = {}, {}, {}
     for modality in MODALITIES:
         features = load_features(feature_folder, part, modality)
-        inputs[modality] = features.pooled if kind == "pooled" else features.tokens
+        inputs[modality] = cached_inputs(features, kind)
         labels[modality] = class_indices(features.classes, classes)
         instances[modality] = features.instances
     return TrainData(CachedInputs(inputs), labels, instances)

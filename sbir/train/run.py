@@ -18,15 +18,34 @@ from sbir.data.shards.reader import read_index
 from sbir.errors import SbirError
 from sbir.models.folder import build_model, description, is_model_folder, write_description
 from sbir.train.callbacks import TrainCallback
+from sbir.train.features import feature_cache_options
 from sbir.train.loop import TrainConfig, train
 from sbir.utils.atomic import check_output
 
-#: methods that train heads on the feature cache when ``head_only`` is set, and the input they take
-CACHED_INPUT = {"linear": "pooled", "zse": "tokens"}
+#: methods that train on the feature cache when ``head_only`` is set, and the input they take (``sake``: its
+#: trained stages' input and the teacher's logits; it fine-tunes those stages, not only heads)
+CACHED_INPUT = {"linear": "pooled", "zse": "tokens", "sake": "stage"}
 
 
 def uses_feature_cache(spec: dict) -> bool:
     return bool(spec.get("head_only")) and spec["method"] in CACHED_INPUT
+
+
+def semantic_targets(options: dict, classes: list[str], data, class_map: str | None = None) -> dict[str, list[int]]:
+    """``sake``'s ``imagenet_classes``: ``options['imagenet_classes']`` when given, else those of the class map
+    file ``class_map`` (:func:`sbir.models.imagenet.read_class_map`), else the synset ids of the training
+    photos' ids (Sketchy)."""
+    from sbir.models.imagenet import classes_from_instances, read_class_map
+
+    if "imagenet_classes" in options:
+        return options["imagenet_classes"]
+    if class_map:
+        mapping = read_class_map(Path(class_map).expanduser())
+        unknown = sorted(set(mapping) - set(classes))
+        if unknown:
+            raise SbirError(f"{class_map}: classes not in the dataset: {', '.join(unknown[:5])}")
+        return mapping
+    return classes_from_instances(classes, data.labels["photo"], data.instances["photo"])
 
 
 def check_feature_cache(features: Path, spec: dict) -> None:
@@ -45,6 +64,10 @@ def check_feature_cache(features: Path, spec: dict) -> None:
     if found != wanted:
         raise SbirError(f"{features}: feature cache of {found[0]} (weights {found[1]}), but the model is "
                         f"{wanted[0]} (weights {wanted[1]})")
+    stages = feature_cache_options(spec).get("stage_inputs")
+    if stages is not None and info.get("stage_inputs") != stages:
+        raise SbirError(f"{features}: the cache holds the input of the last {info.get('stage_inputs')} stages, but "
+                        f"'sake' trains the last {stages} (make the cache again)")
 
 
 def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, features: Path | None = None,
@@ -70,6 +93,11 @@ def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, featur
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SbirError(f"{out}: cannot write here: {error.strerror}") from None
+    class_map = None
+    if spec["method"] == "sake":  # option imagenet_map: a file for the semantic adjustment, read below
+        options = dict(spec.get("options") or {})
+        class_map = options.pop("imagenet_map", None)
+        spec = {**spec, "options": options}
     info = description(spec, index, head_only=cached, trained=False)
     if spec["method"] == "frozen":
         for stale in ("model.safetensors", "last.pt"):
@@ -90,6 +118,11 @@ def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, featur
     else:
         data = image_train_data(shards, "train", classes, model.image_config, cache_dir)
         val = image_train_data(shards, "val", classes, model.image_config, cache_dir) if has_val else None
+    if spec["method"] == "sake":  # the semantic adjustment's classes, from the training photos: kept in model.json
+        targets = semantic_targets(spec["options"], classes, data, class_map)
+        spec = {**spec, "options": {**spec["options"], "imagenet_classes": targets}}
+        model = build_model(spec, index, seed=config.seed)
+        info = description(spec, index, head_only=cached, trained=False)
     factory = (lambda m: m.make_optimizer()) if hasattr(model, "make_optimizer") else None
     summary = train(model, data, val, config, out, optimizer_factory=factory, callbacks=callbacks, progress=progress,
                     device=device, workers=workers if not cached else 0)

@@ -90,7 +90,7 @@ def test_a_wrong_type_names_the_key_and_the_value(key: str, value: Any, expected
     ("embed.device", "gpu", "embed.device is 'gpu'; expected auto, cpu, cuda or cuda:N"),
     ("explain.device", "cuda:", "explain.device is 'cuda:'; expected auto, cpu, cuda or cuda:N"),
     ("retrieval.mode", "tokens", "retrieval.mode is 'tokens'; expected one of token, relation, rerank"),
-    ("model.method", "lineaer", "model.method is 'lineaer'; expected one of clip_prompt, frozen, linear, zse"),
+    ("model.method", "lineaer", "model.method is 'lineaer'; expected one of clip_prompt, frozen, linear, sake, zse"),
     ("data.dataset", "Sketchy", "data.dataset is 'Sketchy'; expected one of quickdraw, sketchy, synthetic, tuberlin"),
     ("embed.part", "tests", "embed.part is 'tests'; expected one of test, val, train"),
 ])
@@ -205,5 +205,5 @@ def test_the_written_out_choices_are_the_registries():
     from pipeline.params import BACKBONES, METHODS
     from sbir.models import backbone_names, method_names
 
-    assert list(METHODS) == method_names() and len(METHODS) == 4
+    assert list(METHODS) == method_names() and len(METHODS) == 5
     assert list(BACKBONES) == backbone_names() and len(BACKBONES) == 3

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from sbir.cli.main import main
+from sbir.data.shards.reader import read_index
 from sbir.errors import SbirError
 from sbir.models import create_model
 from sbir.models.folder import read_description
@@ -126,3 +127,70 @@ def test_several_processes_do_not_race_to_make_the_feature_cache(synthetic_shard
     result = _train(synthetic_shards, tmp_path / "m", tmp_path / "features")
     assert result.exit_code == 2 and "without torchrun" in result.output
     assert not (tmp_path / "features").exists()
+
+
+def _train_sake(shards, out, features, *extra, mode="--head-only", steps="4"):
+    return CliRunner().invoke(main, ["train", "--shards", str(shards), "--out", str(out), "--features", str(features),
+                                     "--method", "sake", mode, "--weights", "package", "--option", "out_dim=16",
+                                     "--steps", steps, "--batch-size", "2", "--eval-every", "2",
+                                     "--checkpoint-every", "2", "--log-dir", str(out.parent / f"{out.name}-log"),
+                                     "--workers", "0", *extra])
+
+
+def test_sake_trains_on_the_cache_deterministically_with_a_class_map(synthetic_shards, tmp_path):
+    """sake's CPU path: the cache (with the trained stages' input) is made, two runs give the same weights, the
+    class map's ImageNet classes reach model.json, the saved weights hold the trained stages and heads but nothing
+    of the teacher or the frozen part, and the loaded model embeds images as the cache path does."""
+    from sbir.models.folder import load_model
+    from sbir.train.features import load_features
+
+    seen = read_index(synthetic_shards)["seen_classes"]
+    class_map = tmp_path / "map.txt"
+    class_map.write_text(f"{seen[0]}\tn02690373\n")
+    runs = [_train_sake(synthetic_shards, tmp_path / name, tmp_path / "features", "--option",
+                        f"imagenet_map={class_map}") for name in ("a", "b")]
+    assert all(run.exit_code == 0 for run in runs), [run.output for run in runs]
+    assert json.loads((tmp_path / "features" / "info.json").read_text())["stage_inputs"] == 1
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert_same_tensors(a, b)
+    assert "embedding.weight" in a and "backbone.model.blocks.6.0.conv_pw.weight" in a
+    assert not any(k.startswith("teacher.") or k.startswith("backbone.model.blocks.5.") and "weight" in k
+                   and "bn" not in k for k in a)
+    info = read_description(tmp_path / "a")
+    assert info["options"]["imagenet_classes"] == {seen[0]: [404]} and "imagenet_map" not in info["options"]
+    logged = json.loads((tmp_path / "a-log" / "metrics.json").read_text())
+    assert logged["train"]["distillation"] > 0 and logged["train"]["classification"] > 0
+    model = load_model(tmp_path / "a", device="cpu")
+    cached = load_features(tmp_path / "features", "test", "photo")
+    from_cache = model.embed({"stage": cached.stage[:2].float(), "logits": cached.logits[:2]}, "photo")
+    from tests.helpers import shard_images
+
+    with torch.no_grad():
+        from_images = model.embed(shard_images(synthetic_shards, "photo", model.image_config)[:2], "photo")
+    assert torch.allclose(from_cache, from_images, atol=2e-2)
+
+
+def test_sake_refuses_a_cache_of_other_stages_and_a_bad_class_map(synthetic_shards, tmp_path):
+    first = _train_sake(synthetic_shards, tmp_path / "a", tmp_path / "features", steps="2")
+    assert first.exit_code == 0, first.output
+    other = _train_sake(synthetic_shards, tmp_path / "b", tmp_path / "features", "--option", "stages=2")
+    assert other.exit_code == 2 and "the last 1 stages, but 'sake' trains the last 2" in other.output
+    class_map = tmp_path / "map.txt"
+    class_map.write_text("kangaroo\tn02690373\n")
+    bad = _train_sake(synthetic_shards, tmp_path / "c", tmp_path / "features", "--option", f"imagenet_map={class_map}")
+    assert bad.exit_code == 2 and "map.txt: classes not in the dataset: kangaroo" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_sake_trains_the_whole_model_on_images(synthetic_shards, tmp_path):
+    """--full: the teacher runs on the images; the result loads and embeds."""
+    from sbir.models.folder import load_model
+
+    result = _train_sake(synthetic_shards, tmp_path / "full", tmp_path / "unused", mode="--full", steps="2")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "unused").exists()
+    info = read_description(tmp_path / "full")
+    assert info["head_only"] is False and info["options"]["imagenet_classes"] == {}  # synthetic photos: no synsets
+    model = load_model(tmp_path / "full", device="cpu")
+    with torch.no_grad():
+        assert model.embed(torch.zeros(1, 3, 224, 224), "sketch").shape == (1, 16)
