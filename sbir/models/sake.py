@@ -73,6 +73,8 @@ class SAKE(RetrievalModel):
             (0: none).
         temperature: of the distillation (1 in the paper).
         domain: the per-domain channel gates (the domain signal).
+        backbone_lr_scale: the learning rate of the fine-tuned pretrained parts (trained stages, final convolution,
+            ImageNet classifier) relative to the training learning rate, which the new parts take.
         imagenet_classes: ``{class name: [ImageNet-1k indices]}`` of the semantic adjustment; classes not in
             it are distilled from the plain teacher (``sbir.train.run`` fills it from the training photos'
             synset ids or a class map file).
@@ -81,7 +83,7 @@ class SAKE(RetrievalModel):
     def __init__(self, backbone: Backbone, *, class_names: Sequence[str] | None = None,
                  seen_classes: Sequence[str] | None = None, stages: int = DEFAULT_STAGES, out_dim: int = 512,
                  kd_weight: float = 1.0, adjust_weight: float = 0.3, temperature: float = 1.0, domain: bool = True,
-                 imagenet_classes: Mapping[str, Sequence[int]] | None = None):
+                 backbone_lr_scale: float = 1.0, imagenet_classes: Mapping[str, Sequence[int]] | None = None):
         super().__init__(backbone)
         if not hasattr(backbone, "stage_modules") or not hasattr(backbone, "classifier"):
             raise ValueError("sake fine-tunes the last stages of a CNN with its ImageNet classifier: use "
@@ -90,8 +92,10 @@ class SAKE(RetrievalModel):
             raise ValueError(f"stages must be in [0, {backbone.num_stages}], got {stages}")
         if not class_names:
             raise ValueError("sake needs the dataset's class names (class_names) for its seen-class classifier")
-        if out_dim < 1 or kd_weight < 0 or adjust_weight < 0 or temperature <= 0:
-            raise ValueError("out_dim must be >= 1, kd_weight and adjust_weight >= 0, temperature > 0")
+        if out_dim < 1 or kd_weight < 0 or adjust_weight < 0 or temperature <= 0 or backbone_lr_scale <= 0:
+            raise ValueError("out_dim must be >= 1, kd_weight and adjust_weight >= 0, temperature and "
+                             "backbone_lr_scale > 0")
+        self.backbone_lr_scale = backbone_lr_scale
         class_names = list(class_names)
         seen_classes = list(seen_classes or class_names)
         unknown = sorted(set(seen_classes) - set(class_names)) + sorted(set(imagenet_classes or {}) - set(class_names))
@@ -124,6 +128,13 @@ class SAKE(RetrievalModel):
             adjustment[position[name], list(indices)] = 1.0
         self.register_buffer("adjustment", adjustment, persistent=False)
         self.imagenet_classes = {k: list(v) for k, v in (imagenet_classes or {}).items()}
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """The optimiser's groups: the fine-tuned pretrained parts at ``lr * backbone_lr_scale``, the new parts
+        (gates, embedding, seen-class classifier) at ``lr``."""
+        pretrained = [p for p in self.backbone.parameters() if p.requires_grad]
+        new = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("backbone.")]
+        return [{"params": pretrained, "lr": lr * self.backbone_lr_scale}, {"params": new, "lr": lr}]
 
     @staticmethod
     def _width(stage: nn.Module) -> int:

@@ -130,6 +130,8 @@ def train(model: nn.Module, data: TrainData, val: TrainData | None, config: Trai
     parameters = [p for p in model.parameters() if p.requires_grad]
     if optimizer_factory is not None:
         optimizer = optimizer_factory(model)
+    elif hasattr(model, "parameter_groups"):  # per-group learning rates, relative to config.lr (sake)
+        optimizer = torch.optim.AdamW(model.parameter_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     step, best, best_step = 0, -math.inf, -1

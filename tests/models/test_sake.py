@@ -133,3 +133,15 @@ def test_bad_options_are_refused(options, message):
 def test_a_backbone_without_stages_and_classifier_is_refused():
     with pytest.raises(SbirError, match="use tf_efficientnet_lite0"):
         create_model("sake", tiny_vit(), class_names=CLASSES)
+
+
+def test_parameter_groups_scale_the_pretrained_parts_only():
+    model = sake(backbone_lr_scale=0.1)
+    pretrained, new = model.parameter_groups(1e-3)
+    assert pretrained["lr"] == pytest.approx(1e-4) and new["lr"] == pytest.approx(1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert pretrained["params"] and all(names[id(p)].startswith("backbone.") for p in pretrained["params"])
+    assert {names[id(p)] for p in new["params"]} == {"gates.0", "gates.1", "embedding.weight", "embedding.bias",
+                                                       "classifier.weight", "classifier.bias"}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(pretrained["params"]) + len(new["params"]) == len(trainable)
