@@ -112,3 +112,13 @@ def photo_folder(tmp_path_factory) -> Path:
     (root / "dog/broken.jpg").write_bytes(data[: len(data) // 3])
     (root / ".DS_Store").write_bytes(b"\0\1")
     return root
+
+
+@pytest.fixture(scope="session")
+def folder_gallery(tiny, photo_folder, tmp_path_factory) -> Path:
+    """:func:`photo_folder` indexed with :func:`tiny`'s model (exact FAISS index): 5 photos. Read it, never write."""
+    from sbir.retrieval.search import index_folder
+
+    out = tmp_path_factory.mktemp("folder-gallery") / "gallery"
+    index_folder(tiny.model, photo_folder, out)
+    return out

@@ -6,6 +6,7 @@ on ``sys.path``). Fixtures live in ``conftest.py``."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -357,3 +358,28 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- web servers
+@contextlib.contextmanager
+def serving(app, start_seconds: float = 30.0):
+    """Run the ASGI ``app`` with uvicorn in a thread on 127.0.0.1 and a free port; yield its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_seconds
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
