@@ -7,6 +7,9 @@ refused with one line."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,7 @@ from sbir.retrieval.evaluate import cosine_scores
 from sbir.retrieval.index import INDEX_NAME, IndexSpec, build_index, gallery_index
 from sbir.retrieval.search import index_folder, open_gallery, search
 from sbir.utils.device import torch_threads
-from tests.helpers import drawing, invoke, one_line_error, runner, shared
+from tests.helpers import ROOT, drawing, invoke, one_line_error, runner, shared
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -203,3 +206,18 @@ def test_index_files_are_in_the_gallery_folder_only(tiny, photo_folder, tmp_path
                                                                        "photo.npy"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gallery"]
     assert not list(Path(photo_folder).rglob("*.faiss"))
+
+
+def test_the_index_benchmark_runs_tiny():
+    """bench/bench_index.py end to end at a toy size (its figures are the benchmark's business, not a test's)."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_index.py"), "--size", "2000", "--dim", "32",
+                             "--clusters", "10", "--queries", "20", "--single", "3", "--nlist", "16", "--nprobe", "4",
+                             "--hnsw", "--ef-search", "32", "--threads", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads(line.removeprefix("SUMMARY ")) for line in result.stdout.splitlines()
+                 if line.startswith("SUMMARY ")]
+    assert [s["measure"] for s in summaries] == ["exact", "ivf", "hnsw"]
+    assert summaries[0]["top10_agree"] is True and summaries[0]["index_bytes"] == 2000 * 32 * 4
+    assert all(0 <= s["recall_at_10"] <= 1 for s in summaries[1:])
