@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sbir.cli import SHARDS, user_errors
+from sbir.cli import SHARDS, FiniteFloatRange, user_errors
 from sbir.cli.search import DEVICE_HELP, MODEL_HELP, _identity
 
 
@@ -22,7 +22,7 @@ from sbir.cli.search import DEVICE_HELP, MODEL_HELP, _identity
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--top-k", type=click.IntRange(1, 100), default=10, show_default=True,
               help="Photos per search unless the page asks for another number.")
-@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=10.0, show_default=True,
+@click.option("--max-upload-mb", type=FiniteFloatRange(0.01, 1024), default=10.0, show_default=True,
               help="Largest sketch file accepted.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @user_errors
