@@ -6,6 +6,7 @@ on ``sys.path``). Fixtures live in ``conftest.py``."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageDraw
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -326,3 +327,59 @@ def imported_names(path: Path, package: str) -> set[str]:
 
     visit(ast.parse(Path(path).read_text(encoding="utf-8")))
     return found
+
+
+# ----------------------------------------------------------------------------------------------- a person's images
+def drawing(size=(200, 160), mode="L", seed=0, ink=0) -> Image.Image:
+    """A few random strokes on white, like a quick drawing."""
+    rng = np.random.default_rng(seed)
+    image = Image.new(mode, size, "white")
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    for _ in range(6):
+        points = [(float(rng.uniform(0.1, 0.9) * w), float(rng.uniform(0.1, 0.9) * h)) for _ in range(4)]
+        draw.line(points, fill=ink, width=max(1, min(size) // 40))
+    return image
+
+
+def photo(seed: int, size=(120, 90)) -> Image.Image:
+    """Coloured blocks on a colour background."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(5):
+        x, y = rng.uniform(0, size[0]), rng.uniform(0, size[1])
+        draw.ellipse([x, y, x + rng.uniform(10, 50), y + rng.uniform(10, 50)],
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- web servers
+@contextlib.contextmanager
+def serving(app, start_seconds: float = 30.0):
+    """Run the ASGI ``app`` with uvicorn in a thread on 127.0.0.1 and a free port; yield its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_seconds
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

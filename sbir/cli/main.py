@@ -145,6 +145,10 @@ from sbir.cli.search import index, search  # noqa: E402
 main.add_command(search)
 main.add_command(index)
 
+from sbir.cli.serve import serve  # noqa: E402
+
+main.add_command(serve)
+
 from sbir.cli.train import train  # noqa: E402
 
 main.add_command(train)

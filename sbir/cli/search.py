@@ -90,25 +90,42 @@ def search(sketch: Path, top_k: int, index_dir: Path, model_dir: Path, shards: s
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=Path("data/model"),
               show_default=True, help=MODEL_HELP)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option("--index-type", type=click.Choice(["exact", "ivf", "hnsw"]), default="exact", show_default=True,
+              help="The FAISS index of the photos: exact (every photo scored), or approximate for big galleries: "
+                   "ivf (clustered lists) or hnsw (a neighbour graph).")
+@click.option("--nlist", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="ivf: lists (at most one per 39 photos).")
+@click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=16, show_default=True,
+              help="ivf: lists scanned per query (more: better recall, slower).")
+@click.option("--hnsw-m", type=click.IntRange(2, 256), default=32, show_default=True,
+              help="hnsw: neighbours per photo in the graph.")
+@click.option("--ef-search", type=click.IntRange(1, 1 << 16), default=64, show_default=True,
+              help="hnsw: candidate list length when searching (more: better recall, slower).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @user_errors
-def index(photos_dir: Path, out: Path, model_dir: Path, batch_size: int, device: str) -> None:
+def index(photos_dir: Path, out: Path, model_dir: Path, batch_size: int, index_type: str, nlist: int, nprobe: int,
+          hnsw_m: int, ef_search: int, device: str) -> None:
     """Embed every photo under PHOTOS_DIR into a gallery that 'sbir search --index OUT' searches.
 
     Subfolders are read too; a photo's class is the name of its folder. Files that are not usable photos
     (not an image, empty, truncated, an animation, ...) are skipped, printed, and listed with the reason
-    in OUT/info.json. Example: sbir index ~/photos --out photo-index --model data/model
+    in OUT/info.json. The photos' FAISS index (exact, or ivf / hnsw: --index-type) is written beside them.
+    Example: sbir index ~/photos --out photo-index --model data/model
     """
     from sbir.models.folder import load_model
+    from sbir.retrieval.index import IndexSpec
     from sbir.retrieval.search import index_folder
 
+    spec = IndexSpec(index_type, nlist=nlist, nprobe=nprobe, m=hnsw_m, ef_search=ef_search)
     identity = _identity(model_dir)
     if not photos_dir.is_dir():  # before loading the model
         raise SbirError(f"{photos_dir}: {'not a folder' if photos_dir.exists() else 'no such folder'} "
                         "(give the folder of the photos to index)")
     model = load_model(model_dir, device=device)
-    info = index_folder(model, photos_dir, out, identity, batch_size=batch_size, progress=sys.stderr.isatty())
+    info = index_folder(model, photos_dir, out, identity, batch_size=batch_size, progress=sys.stderr.isatty(),
+                        index_spec=spec)
     for skipped in info["skipped"]:
         click.echo(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
     click.echo(f"indexed {info['counts']['photo']} photos of {photos_dir} ({info['method']}, {info['backbone']}; "
-               f"{info['counts']['skipped']} skipped, listed in {out / 'info.json'}) -> {out}")
+               f"{info['counts']['skipped']} skipped, listed in {out / 'info.json'}; {info['faiss']['type']} "
+               f"index) -> {out}")

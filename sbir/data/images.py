@@ -30,14 +30,17 @@ JPEG_QUALITY = 95
 _PASS_MODES = {"photo": ("RGB",), "sketch": ("L", "RGB")}
 
 
-def decode(data: bytes) -> Image.Image:
-    """Fully decode ``data``; raise :class:`BadImage` with the reason when it cannot be used."""
+def decode(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode ``data``; raise :class:`BadImage` with the reason when it cannot be used. ``max_pixels``:
+    refuse a larger image from its header, before decoding it (Pillow's own limit, ~89 Mpixels, otherwise)."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise BadImage(f"too many pixels ({image.width}x{image.height}; at most {max_pixels:,} accepted)")
             image.load()
     except UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
@@ -135,19 +138,25 @@ def load_user_image(path: Path | str, modality: str, size: int) -> Image.Image:
         raise SbirError(f"{path}: no such file")
     if not path.is_file():
         raise SbirError(f"{path}: not a file")
+    return user_image(path.read_bytes(), str(path), modality, size)
+
+
+def user_image(data: bytes, name: str, modality: str, size: int, max_pixels: int | None = None) -> Image.Image:
+    """:func:`load_user_image` of an image already read (an upload to ``sbir serve``); ``name`` names it in the
+    :class:`SbirError` messages, ``max_pixels`` caps its size (:func:`decode`)."""
     try:
-        image = decode(path.read_bytes())
+        image = decode(data, max_pixels)
     except BadImage as error:
-        raise SbirError(f"{path}: {error}") from None
+        raise SbirError(f"{name}: {error}") from None
     if image.format not in USER_FORMATS:
-        raise SbirError(f"{path}: {image.format} images are not accepted (use PNG or JPEG)")
+        raise SbirError(f"{name}: {image.format} images are not accepted (use PNG or JPEG)")
     if getattr(image, "n_frames", 1) > 1:
-        raise SbirError(f"{path}: an animation ({image.n_frames} frames), not a single image")
+        raise SbirError(f"{name}: an animation ({image.n_frames} frames), not a single image")
     image = fit(to_8bit(image).convert("RGB"), modality, size)
     if modality == "sketch":
         low, high = image.convert("L").getextrema()
         if high - low < 16:
-            raise SbirError(f"{path}: the sketch is blank (one flat colour)")
+            raise SbirError(f"{name}: the sketch is blank (one flat colour)")
     return image
 
 

@@ -14,7 +14,7 @@ set that looks finished.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +48,14 @@ class Embeddings:
         return [{"key": k, "class": c, "instance": i} for k, c, i in zip(self.keys, self.classes, self.instances)]
 
 
-def write_embeddings(out: Path, embeddings: dict[str, Embeddings], info: dict, inputs: Sequence[Path] = ()) -> None:
+def write_embeddings(out: Path, embeddings: dict[str, Embeddings], info: dict, inputs: Sequence[Path] = (),
+                     extra: Callable[[Path], None] | None = None) -> None:
     """Write ``{modality: Embeddings}`` and ``info`` to ``out`` (replacing it whole, atomically; only an
-    earlier embeddings folder, never ``inputs`` or another folder: :func:`sbir.utils.atomic.check_output`)."""
+    earlier embeddings folder, never ``inputs`` or another folder: :func:`sbir.utils.atomic.check_output`).
+    ``extra(folder)`` writes further files into the folder before it appears (e.g. the gallery's FAISS index)."""
     with atomic_dir(Path(out), is_embeddings_folder, inputs) as tmp:
+        if extra is not None:
+            extra(tmp)
         for modality, emb in embeddings.items():
             np.save(tmp / f"{modality}.npy", np.ascontiguousarray(emb.vectors, dtype=np.float32))
             (tmp / f"{modality}.json").write_text(json.dumps(emb.metadata(), indent=0) + "\n")

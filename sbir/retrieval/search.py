@@ -11,15 +11,18 @@ A gallery is an embeddings folder in the layout of :mod:`sbir.retrieval.embeddin
   ``instance`` = the file stem; ``info.json`` records ``photo_root`` (absolute), the model (method,
   backbone, backbone weights, sha256 of the trained weights, folder) and ``skipped``: every file that is
   not a usable photo, with the reason (:func:`sbir.data.images.load_user_image`). Hidden files and folders
-  (names starting with ``.``) are not looked at.
+  (names starting with ``.``) are not looked at. The folder also holds the photos' FAISS index
+  (:mod:`sbir.retrieval.index`: exact by default, ``ivf`` or ``hnsw`` on request), recorded in ``info.json``'s
+  ``faiss``; the embed stage's galleries get an exact one built when they are opened.
 
 A query is embedded with the model that made the gallery — :func:`check_model` compares the gallery's
 ``info.json`` with the model folder's identity (:func:`sbir.models.folder.model_identity`) and refuses a
 mismatch — and ranked against the gallery (:func:`search`):
 
-- ``token``: cosine of the embeddings, every photo of the gallery;
+- ``token``: cosine of the embeddings, found by the gallery's index (exact: every photo of the gallery, the same
+  ranking as a numpy scan; ties by gallery row);
 - ``rerank`` (models with a relation network, ``zse``): the ``token`` shortlist of ``shortlist`` photos is
-  re-scored by the relation network (:func:`sbir.models.zse.rerank_scores`), on pair features computed
+  re-scored by the relation network (as :func:`sbir.models.zse.rerank_scores` does), on pair features computed
   from the query's and the shortlisted photos' images.
 
 :func:`result_grid` draws the query and its ranked photos into a PNG.
@@ -51,7 +54,8 @@ from sbir.retrieval.embeddings import (
     read_info,
     write_embeddings,
 )
-from sbir.retrieval.evaluate import cosine_scores, load_images
+from sbir.retrieval.evaluate import load_images
+from sbir.retrieval.index import INDEX_NAME, GalleryIndex, IndexSpec, build_index, gallery_index
 from sbir.utils.atomic import check_output
 from sbir.utils.device import model_device
 from sbir.utils.figures import new_figure, save_figure
@@ -59,7 +63,7 @@ from sbir.utils.figures import new_figure, save_figure
 SEARCH_MODES = ("token", "rerank")
 #: The PNG text chunk that marks a result grid as written by ``sbir search`` (so it may be overwritten).
 RESULT_GRID_SOFTWARE = "sbir search"
-INDEX_FILES = ("photo.npy", "photo.json", INFO_NAME)
+INDEX_FILES = ("photo.npy", "photo.json", INFO_NAME, INDEX_NAME)
 
 
 def retrieval_modes(model: RetrievalModel) -> tuple[str, ...]:
@@ -98,13 +102,13 @@ def _reason(error: SbirError, path: Path) -> str:
 
 @torch.inference_mode()
 def index_folder(model: RetrievalModel, photo_root: Path, out: Path, identity: dict | None = None, batch_size: int = 16,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, index_spec: IndexSpec | None = None) -> dict:
     """Embed every photo under ``photo_root`` with ``model`` into the gallery folder ``out`` (written
     atomically, see the module docstring for its contents); return its ``info.json``.
 
     ``identity``: what identifies the model (:func:`sbir.models.folder.model_identity`, plus e.g. its folder),
     recorded in ``info.json``. Files that are not usable photos are skipped and listed there; an error is
-    raised when no photo is left.
+    raised when no photo is left. ``index_spec``: the FAISS index written beside the embeddings (default exact).
     """
     photo_root, out = Path(photo_root), Path(out)
     if not photo_root.exists():
@@ -144,11 +148,12 @@ def index_folder(model: RetrievalModel, photo_root: Path, out: Path, identity: d
                         f"{skipped[0].reason})")
     photos = Embeddings(np.concatenate(vectors), keys, [Path(key).parent.name for key in keys],
                         [Path(key).stem for key in keys])
+    index = build_index(photos.vectors, index_spec)
     info = {**(identity or {}), "kind": "folder", "photo_root": str(photo_root.resolve()), "method": model.method,
             "backbone": model.backbone.name, "embed_dim": int(photos.vectors.shape[1]), "image_size": config.size,
-            "counts": {"photo": len(keys), "skipped": len(skipped)},
+            "counts": {"photo": len(keys), "skipped": len(skipped)}, "faiss": index.spec.record(),
             "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
-    write_embeddings(out, {"photo": photos}, info, inputs)
+    write_embeddings(out, {"photo": photos}, info, inputs, extra=lambda folder: index.write(folder / INDEX_NAME))
     return info
 
 
@@ -161,6 +166,7 @@ class Gallery:
     photos: Embeddings
     info: dict
     shards: Path | None = None  # the embed stage's galleries: the shards of the embedded dataset
+    index: GalleryIndex | None = None  # the photos' FAISS index (:func:`open_gallery` reads or builds it)
 
     @property
     def photo_root(self) -> Path | None:
@@ -202,7 +208,8 @@ def open_gallery(folder: Path, shards: Path | None = None) -> Gallery:
     photos = read_embeddings(folder, "photo")
     if not len(photos):
         raise SbirError(f"{folder}: the index holds no photos")
-    return Gallery(folder, photos, info, None if info.get("photo_root") else shards)
+    return Gallery(folder, photos, info, None if info.get("photo_root") else shards,
+                   gallery_index(folder, info, photos.vectors))
 
 
 def check_model(info: dict, identity: dict, index: Path, model_dir: Path, what: str = "index") -> list[str]:
@@ -254,8 +261,6 @@ def search(model: RetrievalModel, gallery: Gallery, sketch: Image.Image, top_k: 
     ``mode`` ``rerank``: the ``shortlist`` (default ``top_k``, at least ``top_k``) best photos by cosine are
     ranked by the model's relation network (see the module docstring).
     """
-    from sbir.models.zse import rerank_scores
-
     if mode not in SEARCH_MODES:
         raise SbirError(f"unknown search mode '{mode}': use one of {', '.join(SEARCH_MODES)}")
     if mode not in retrieval_modes(model):
@@ -272,21 +277,20 @@ def search(model: RetrievalModel, gallery: Gallery, sketch: Image.Image, top_k: 
     if embedding.shape[1] != gallery.photos.vectors.shape[1]:
         raise SbirError(f"{gallery.folder}: {gallery.photos.vectors.shape[1]}-d photo embeddings, but the model "
                         f"gives {embedding.shape[1]}-d ones (made with another model?)")
-    cosine = cosine_scores(embedding, gallery.photos.vectors)(0, 1)[0]
+    if gallery.index is None:
+        gallery.index = build_index(gallery.photos.vectors)
+    cosine, rows = (values[0] for values in gallery.index.search(embedding, shortlist if mode == "rerank" else top_k))
+    found = rows >= 0
+    cosine, rows = cosine[found], rows[found]
     scores = cosine
     if mode == "rerank":
-        sketch_features = model.pair_features(query, "sketch")
-
-        def relation_fn(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-            photos = model_input(gallery.images(candidates[0].tolist(), config.size), config, device)
-            return model.score_pairs(sketch_features, model.pair_features(photos, "photo")).float().cpu()
-
-        reranked, _ = rerank_scores(torch.from_numpy(cosine)[None], relation_fn, shortlist)
-        scores = reranked[0].numpy()
-    order = np.argsort(-scores, kind="stable")[:top_k]
+        photos = model_input(gallery.images(rows.tolist(), config.size), config, device)
+        relation = model.score_pairs(model.pair_features(query, "sketch"), model.pair_features(photos, "photo"))
+        scores = relation[0].float().cpu().numpy()
+    order = np.lexsort((rows, -scores))[:top_k]  # best first, ties by gallery row
     photos = gallery.photos
-    return [Hit(rank, int(row), photos.keys[row], photos.classes[row], float(scores[row]), float(cosine[row]))
-            for rank, row in enumerate(order, start=1)]
+    return [Hit(rank, int(rows[i]), photos.keys[rows[i]], photos.classes[rows[i]], float(scores[i]), float(cosine[i]))
+            for rank, i in enumerate(order, start=1)]
 
 
 def format_hits(hits: Sequence[Hit], mode: str = "token") -> str:

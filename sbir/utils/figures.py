@@ -30,3 +30,12 @@ def save_figure(figure, path: Path, dpi: int = 100, metadata: dict | None = None
     """Write ``figure`` as a PNG through a temporary file and one rename (``metadata``: PNG text chunks)."""
     with atomic_file(Path(path)) as tmp:
         figure.savefig(tmp, dpi=dpi, format="png", metadata=metadata)
+
+
+def figure_png(figure, dpi: int = 100) -> bytes:
+    """The PNG bytes of ``figure`` (what :func:`save_figure` would write, kept in memory)."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=dpi, format="png")
+    return buffer.getvalue()

@@ -24,6 +24,7 @@ REQUIRED = {
     ("sbir", "search"): ["--sketch", "no-such-sketch.png"],
     ("sbir", "index"): ["no-such-photos", "--out", "no-such-index"],
     ("sbir", "explain"): ["--sketch", "no-such-sketch.png", "--photo", "no-such-photo.jpg"],
+    ("sbir", "serve"): ["--index", "no-such-index"],
 }
 
 SEED_MAX = str(2**32 - 1)
@@ -72,6 +73,16 @@ BAD = [
     ("sbir", "search", "--top-k", "0"),
     ("sbir", "search", "--shortlist", "0"),
     ("sbir", "index", "--batch-size", "0"),
+    ("sbir", "index", "--nlist", "0"),
+    ("sbir", "index", "--nprobe", "0"),
+    ("sbir", "index", "--hnsw-m", "1"),
+    ("sbir", "index", "--ef-search", "0"),
+    ("sbir", "serve", "--port", "-1"),
+    ("sbir", "serve", "--port", "65536"),
+    ("sbir", "serve", "--top-k", "0"),
+    ("sbir", "serve", "--top-k", "101"),
+    ("sbir", "serve", "--max-upload-mb", "0"),
+    ("sbir", "serve", "--max-upload-mb", "nan"),
     ("sbir", "explain", "--top", "0"),
 ]
 
@@ -101,6 +112,11 @@ GOOD = [
     ("sbir", "train", "--lr", "1e-9", 1e-9),
     ("sbir", "train", "--weight-decay", "0", 0.0),
     ("sbir", "train", "--seed", SEED_MAX, 2**32 - 1),
+    ("sbir", "index", "--nlist", "1", 1),
+    ("sbir", "index", "--hnsw-m", "2", 2),
+    ("sbir", "serve", "--port", "0", 0),
+    ("sbir", "serve", "--port", "65535", 65535),
+    ("sbir", "serve", "--top-k", "100", 100),
 ]
 
 
@@ -122,7 +138,7 @@ def numeric_options() -> list[tuple[str, str, click.Option]]:
 
 def test_every_numeric_option_has_a_range_and_a_bad_value_tested() -> None:
     options = numeric_options()
-    assert len(options) == 32
+    assert len(options) == 39
     unranged = [f"{g} {c} {p.opts[0]}" for g, c, p in options if not isinstance(p.type, click.types._NumberRangeBase)]
     assert unranged == []
     untested = {(g, c, p.opts[0]) for g, c, p in options} - {(g, c, o) for g, c, o, _ in BAD}

