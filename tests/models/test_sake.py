@@ -122,7 +122,8 @@ def test_a_batch_of_an_unseen_class_is_refused():
     ({"class_names": []}, "needs the dataset's class names"),
     ({"seen_classes": ["emu"]}, "not among class_names"),
     ({"imagenet_classes": {"emu": [1]}}, "not among class_names"),
-    ({"temperature": 0.0}, "temperature > 0"),
+    ({"temperature": 0.0}, "temperature and backbone_lr_scale > 0"),
+    ({"backbone_lr_scale": 0.0}, "temperature and backbone_lr_scale > 0"),
 ])
 def test_bad_options_are_refused(options, message):
     arguments = {"class_names": CLASSES, "seen_classes": SEEN, **options}
