@@ -4,6 +4,7 @@
 # classes of the split, so the setting is zero-shot AND cross-dataset).
 #
 #   bash experiments/cross_dataset.sh [SKETCHY_MINI_DIR] [TUBERLIN_MINI_DIR] [WORK_DIR]
+#   METHODS='sake' bash experiments/cross_dataset.sh     # only these methods (default: frozen linear zse sake)
 #
 # Writes WORK_DIR/results/{sketchy,cross}-<method>.json; about 15 min on 2 cores.
 set -euo pipefail
@@ -29,8 +30,8 @@ PY
 echo "shared classes: $(paste -sd' ' results/shared-classes.txt)"
 split=$WORK/results/shared-classes.txt
 sbir-prep shard --dataset tuberlin --raw "$TUBERLIN" --split "$split" --out data/tuberlin-shards --image-size 224
-for method in frozen linear zse; do
-  case $method in linear) extra=("${LINEAR[@]}") ;; zse) extra=("${ZSE[@]}") ;; *) extra=() ;; esac
+for method in ${METHODS:-frozen linear zse sake}; do
+  case $method in linear) extra=("${LINEAR[@]}") ;; zse) extra=("${ZSE[@]}") ;; sake) extra=("${SAKE[@]}") ;; *) extra=() ;; esac
   args=(-S data.dataset=sketchy -S "data.source=$SKETCHY" -S "data.split=$split" -S shard.image_size=224 -S retrieval.mode=token -S model.method=$method)
   for kv in "${extra[@]}"; do args+=(-S "$kv"); done
   dvc exp run -q "${args[@]}"
