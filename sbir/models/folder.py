@@ -34,6 +34,8 @@ def model_options(spec: dict, index: dict | None = None) -> dict:
     options = dict(spec.get("options") or {})
     if method == "zse" and spec.get("head_only"):
         options["head_only"] = True
+    if method == "sake":  # a file read by training into imagenet_classes (sbir.train.run), not a model option
+        options.pop("imagenet_map", None)
     if method in ("clip_prompt", "sake") and index is not None:
         options.update(class_names=list(index["classes"]), seen_classes=list(index["seen_classes"]))
     return options

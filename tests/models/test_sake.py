@@ -146,3 +146,18 @@ def test_parameter_groups_scale_the_pretrained_parts_only():
                                                        "classifier.weight", "classifier.bias"}
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(pretrained["params"]) + len(new["params"]) == len(trainable)
+
+
+def test_the_class_map_file_is_read_by_training_not_passed_to_the_model():
+    """params.yaml's imagenet_map names a file for training; building the model for embed/evaluate/explain from
+    the same options must not pass it to the model (the embed stage failed with 'bad options')."""
+    from sbir.models.folder import model_options
+
+    spec = {"method": "sake", "backbone": "tf_efficientnet_lite0", "weights": None, "head_only": True,
+            "options": {"imagenet_map": "", "out_dim": 8}}
+    index = {"classes": CLASSES, "seen_classes": SEEN}
+    with pytest.raises(SbirError, match="imagenet_map"):
+        create_model("sake", "tf_efficientnet_lite0", random_init=True, class_names=CLASSES, imagenet_map="")
+
+    options = model_options(spec, index)
+    assert "imagenet_map" not in options and options["out_dim"] == 8 and options["class_names"] == CLASSES
