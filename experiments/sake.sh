@@ -23,6 +23,7 @@ run() {  # run NAME PARAM=VALUE...
   [[ -n ${ONLY:-} && ! $name =~ $ONLY ]] && return 0
   for kv in "$@"; do args+=(-S "$kv"); done
   echo "== $name: $*"
+  git checkout -q params.yaml  # dvc exp run leaves its -S values in params.yaml: each run starts from the committed one
   dvc exp run -q "${common[@]}" "${args[@]}"
   cp metrics/eval.json "results/$name.json"
   cp metrics/retrieval.json "results/$name-retrieval.json"
