@@ -15,9 +15,9 @@ from pathlib import Path
 from pipeline.model import model_spec
 from pipeline.params import FEATURES, MODEL, SHARDS, load
 from sbir.cli import user_errors
-from sbir.cli.train import DVCLiveLogger
 from sbir.train.loop import TrainConfig
 from sbir.train.run import train_model
+from sbir_dvc.live import DVCLiveLogger
 
 
 @user_errors

@@ -1,6 +1,6 @@
 """Imports point one way: utils (and errors) < data < models < train, retrieval < explain < serve < cli; metrics imports
 nothing of the project; train and retrieval never import each other's way back (retrieval never imports
-train); the library never imports dvclive and never reads params.yaml; no import cycle between modules.
+train); the library never imports dvclive (the CLI plugs in sbir_dvc's logger) and never reads params.yaml; no import cycle between modules.
 Function-level imports count; ``if TYPE_CHECKING:`` blocks do not."""
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def test_metrics_imports_nothing_of_the_project():
 
 
 def test_the_library_never_imports_dvclive_or_yaml():
-    offenders = [name for name in MODULES if not name.startswith("sbir.cli")
-                 and {m.split(".")[0] for m in imports(name)} & {"dvclive", "yaml"}]
+    offenders = [name for name in MODULES if {m.split(".")[0] for m in imports(name)}
+                 & ({"dvclive"} if name.startswith("sbir.cli") else {"dvclive", "sbir_dvc", "yaml"})]
     assert offenders == []
 
 

@@ -2,7 +2,7 @@
 
 :func:`sbir.train.loop.train` calls every :class:`TrainCallback` it is given, on rank 0 only. The library
 ships none that writes anywhere; the ``sbir train`` command and the ``train`` stage plug DVCLive in through
-:class:`sbir.cli.train.DVCLiveLogger`, and a notebook can pass its own (e.g. one that appends to a list).
+:class:`sbir_dvc.live.DVCLiveLogger`, and a notebook can pass its own (e.g. one that appends to a list).
 """
 
 from __future__ import annotations

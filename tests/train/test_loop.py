@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbir.cli.train import DVCLiveLogger
+from sbir_dvc.live import DVCLiveLogger
 from sbir.models.folder import load_weights
 from sbir.train.checkpoint import load_checkpoint
 from sbir.train.loop import TrainConfig, train
