@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from sbir_dvc.live import DVCLiveLogger
 from sbir.models.folder import load_weights
 from sbir.train.checkpoint import load_checkpoint
 from sbir.train.loop import TrainConfig, train
 from sbir.train.sampling import PairSampler
+from sbir_dvc.live import DVCLiveLogger
 from tests.helpers import ROOT, Recorder, ToyModel, assert_same_tensors, toy_data
 
 
