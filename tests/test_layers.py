@@ -1,6 +1,7 @@
 """Imports point one way: utils (and errors) < data < models < train, retrieval < explain < serve < cli; metrics imports
 nothing of the project; train and retrieval never import each other's way back (retrieval never imports
-train); the library never imports dvclive (the CLI plugs in sbir_dvc's logger) and never reads params.yaml; no import cycle between modules.
+train); the library never imports dvclive (the CLI plugs in sbir_dvc's logger)
+and never reads params.yaml; no import cycle between modules.
 Function-level imports count; ``if TYPE_CHECKING:`` blocks do not."""
 
 from __future__ import annotations
