@@ -189,18 +189,24 @@ class SAKE(RetrievalModel):
         top = self.top(stage_input, self._domains(len(stage_input), modality, stage_input.device))
         return self.backbone.tokens_of_map(top)
 
-    def teacher_logits(self, inputs: Inputs) -> Tensor:
-        if isinstance(inputs, Mapping):
-            return inputs["logits"].float()
+    def teacher_logits(self, stage_input: Tensor) -> Tensor:
+        """The teacher's ImageNet logits from ``stage_input`` (what the frozen part, the same in the teacher and the
+        student, made of the images) through the teacher's own top stages (the cache holds them for its inputs)."""
         with torch.no_grad():
-            return self.teacher.classify(inputs).float()
+            features = stage_input
+            for module in self.teacher.stage_modules(self.stages):
+                features = module(features)
+            return self.teacher.classifier(self.teacher.tokens_of_map(self.teacher.head_map(features)).pooled).float()
 
     # ------------------------------------------------------------------------------------------------ loss
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         """Training-loop entry (:mod:`sbir.train`): ``sketch``, ``positive``, ``negative`` (images or cached
         inputs), ``sketch_label`` (the class of the sketch and of the positive) and ``negative_label``."""
         groups = [batch["sketch"], batch["positive"], batch["negative"]]
-        stage_input = torch.cat([self._stage_input(group) for group in groups])
+        if isinstance(groups[0], Mapping):
+            stage_input = torch.cat([group["stage"] for group in groups])
+        else:  # images: the frozen part runs once on the whole batch
+            stage_input = self.stage_input(torch.cat(groups))
         sketches = len(stage_input) // 3
         domains = torch.cat([self._domains(sketches, "sketch", stage_input.device),
                              self._domains(2 * sketches, "photo", stage_input.device)])
@@ -213,7 +219,10 @@ class SAKE(RetrievalModel):
         parts = {"classification": float(classification.detach())}
         loss = classification
         if self.kd_weight > 0:
-            teacher = torch.cat([self.teacher_logits(groups[1]), self.teacher_logits(groups[2])])
+            if isinstance(groups[1], Mapping):
+                teacher = torch.cat([groups[1]["logits"], groups[2]["logits"]]).float()
+            else:
+                teacher = self.teacher_logits(stage_input[sketches:])
             target = F.softmax((teacher + self.adjust_weight * self.adjustment[labels[sketches:]]) / self.temperature,
                                dim=-1)
             student = F.log_softmax(self.backbone.classifier(pooled[sketches:]).float() / self.temperature, dim=-1)

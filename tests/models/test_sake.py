@@ -161,3 +161,13 @@ def test_the_class_map_file_is_read_by_training_not_passed_to_the_model():
 
     options = model_options(spec, index)
     assert "imagenet_map" not in options and options["out_dim"] == 8 and options["class_names"] == CLASSES
+
+
+def test_images_and_cached_inputs_give_the_same_loss():
+    """From images, the teacher's logits come from the frozen part's output through the teacher's top stages; from
+    the cache, they are read: the two loss terms agree."""
+    model = sake().train()
+    _, from_images = model(batch_of(model))
+    _, from_cache = model(batch_of(model, cached=True))
+    for name in ("classification", "distillation"):
+        assert from_images[name] == pytest.approx(from_cache[name], rel=1e-4), name
