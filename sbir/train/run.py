@@ -93,11 +93,6 @@ def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, featur
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SbirError(f"{out}: cannot write here: {error.strerror}") from None
-    class_map = None
-    if spec["method"] == "sake":  # option imagenet_map: a file for the semantic adjustment, read below
-        options = dict(spec.get("options") or {})
-        class_map = options.pop("imagenet_map", None)
-        spec = {**spec, "options": options}
     info = description(spec, index, head_only=cached, trained=False)
     if spec["method"] == "frozen":
         for stale in ("model.safetensors", "last.pt"):
@@ -119,8 +114,9 @@ def train_model(spec: dict, config: TrainConfig, shards: Path, out: Path, featur
         data = image_train_data(shards, "train", classes, model.image_config, cache_dir)
         val = image_train_data(shards, "val", classes, model.image_config, cache_dir) if has_val else None
     if spec["method"] == "sake":  # the semantic adjustment's classes, from the training photos: kept in model.json
-        targets = semantic_targets(spec["options"], classes, data, class_map)
-        spec = {**spec, "options": {**spec["options"], "imagenet_classes": targets}}
+        options = spec.get("options") or {}  # imagenet_map: a file for this, not a model option (model_options)
+        targets = semantic_targets(options, classes, data, options.get("imagenet_map"))
+        spec = {**spec, "options": {**options, "imagenet_classes": targets}}
         model = build_model(spec, index, seed=config.seed)
         info = description(spec, index, head_only=cached, trained=False)
     factory = (lambda m: m.make_optimizer()) if hasattr(model, "make_optimizer") else None
