@@ -10,7 +10,7 @@
 #   ONLY='sketchy21' bash experiments/sake.sh     # only the runs whose name matches this regex
 #
 # Writes WORK_DIR/results/<run>.json (metrics/eval.json) and <run>-retrieval.json, <run>-train.json (the train
-# stage's metrics: best val step and val mAP@all) and WORK_DIR/results/table.md. About 7 min per sake run on 2 cores.
+# stage's last logged metrics), <run>-val.tsv (the seen-class val mAP@all curve) and WORK_DIR/results/table.md. About 7 min per sake run on 2 cores.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$(cd "${1:-$REPO/../shared/data/sketchy-mini}" && pwd)
@@ -28,6 +28,7 @@ run() {  # run NAME PARAM=VALUE...
   cp metrics/eval.json "results/$name.json"
   cp metrics/retrieval.json "results/$name-retrieval.json"
   cp dvclive/metrics.json "results/$name-train.json"
+  if [[ -f dvclive/plots/metrics/val/map_all.tsv ]]; then cp dvclive/plots/metrics/val/map_all.tsv "results/$name-val.tsv"; fi
 }
 source "$REPO/experiments/settings.sh"
 for seed in 1 2 3; do
