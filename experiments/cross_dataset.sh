@@ -34,6 +34,7 @@ for method in ${METHODS:-frozen linear zse sake}; do
   case $method in linear) extra=("${LINEAR[@]}") ;; zse) extra=("${ZSE[@]}") ;; sake) extra=("${SAKE[@]}") ;; *) extra=() ;; esac
   args=(-S data.dataset=sketchy -S "data.source=$SKETCHY" -S "data.split=$split" -S shard.image_size=224 -S retrieval.mode=token -S model.method=$method)
   for kv in "${extra[@]}"; do args+=(-S "$kv"); done
+  git checkout -q params.yaml  # as run() in common.sh: no -S value of the previous method carries over
   dvc exp run -q "${args[@]}"
   cp metrics/eval.json "results/sketchy-$method.json"  # Sketchy sketches -> Sketchy photos (same dataset)
   sbir embed --model data/model --shards data/shards --out data/emb-sketchy --workers 0

@@ -17,17 +17,7 @@ SRC=$(cd "${1:-$REPO/../shared/data/sketchy-mini}" && pwd)
 WORK=${2:-/tmp/sbir-quality}
 rm -rf "$WORK" && git clone -q "$REPO" "$WORK" && cd "$WORK" && mkdir -p results
 common=(-S data.dataset=sketchy -S "data.source=$SRC" -S data.split=sketchy21 -S shard.image_size=224 -S retrieval.top_k=10)
-run() {  # run NAME PARAM=VALUE...
-  local name=$1 args=() kv
-  shift
-  [[ -n ${ONLY:-} && ! $name =~ $ONLY ]] && return 0
-  for kv in "$@"; do args+=(-S "$kv"); done
-  echo "== $name: $*"
-  dvc exp run -q "${common[@]}" "${args[@]}"
-  cp metrics/eval.json "results/$name.json"
-  cp metrics/retrieval.json "results/$name-retrieval.json"
-}
-source "$REPO/experiments/settings.sh"
+source "$REPO/experiments/common.sh"  # settings and run()
 run frozen model.method=frozen retrieval.mode=token
 run linear model.method=linear "${LINEAR[@]}" retrieval.mode=token
 run zse-token model.method=zse "${ZSE[@]}" retrieval.mode=token

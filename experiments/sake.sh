@@ -9,28 +9,15 @@
 #   bash experiments/sake.sh [SKETCHY_MINI_DIR] [WORK_DIR]
 #   ONLY='sketchy21' bash experiments/sake.sh     # only the runs whose name matches this regex
 #
-# Writes WORK_DIR/results/<run>.json (metrics/eval.json) and <run>-retrieval.json, <run>-train.json (the train
-# stage's last logged metrics), <run>-val.tsv (the seen-class val mAP@all curve) and WORK_DIR/results/table.md. About 7 min per sake run on 2 cores.
+# Writes WORK_DIR/results/<run>.json and the other files of common.sh's run(), and WORK_DIR/results/table.md.
+# About 7 min per sake run with one stage trained, 10 with two, on 2 cores.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$(cd "${1:-$REPO/../shared/data/sketchy-mini}" && pwd)
 WORK=${2:-/tmp/sbir-sake}
 rm -rf "$WORK" && git clone -q "$REPO" "$WORK" && cd "$WORK" && mkdir -p results splits
 common=(-S data.dataset=sketchy -S "data.source=$SRC" -S shard.image_size=224 -S retrieval.mode=token)
-run() {  # run NAME PARAM=VALUE...
-  local name=$1 args=() kv
-  shift
-  [[ -n ${ONLY:-} && ! $name =~ $ONLY ]] && return 0
-  for kv in "$@"; do args+=(-S "$kv"); done
-  echo "== $name: $*"
-  git checkout -q params.yaml  # dvc exp run leaves its -S values in params.yaml: each run starts from the committed one
-  dvc exp run -q "${common[@]}" "${args[@]}"
-  cp metrics/eval.json "results/$name.json"
-  cp metrics/retrieval.json "results/$name-retrieval.json"
-  cp dvclive/metrics.json "results/$name-train.json"
-  if [[ -f dvclive/plots/metrics/val/map_all.tsv ]]; then cp dvclive/plots/metrics/val/map_all.tsv "results/$name-val.tsv"; fi
-}
-source "$REPO/experiments/settings.sh"
+source "$REPO/experiments/common.sh"  # settings and run()
 for seed in 1 2 3; do
   python "$REPO/experiments/random_split.py" "$SRC" "$seed" 25 > "splits/random25-$seed.txt"
 done

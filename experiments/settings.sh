@@ -1,4 +1,4 @@
-# Training settings of the quality runs (docs/results.md) on sketchy-mini (sourced by quality.sh and cross_dataset.sh).
+# Training settings of the quality runs (docs/results.md) on sketchy-mini (sourced by common.sh and cross_dataset.sh).
 # linear: 300 steps at batch 512, lr 1e-3, chosen by the SEEN-class val mAP@all of a small sweep (300 steps
 # each; val / unseen test mAP@all): batch 32 (the params.yaml default) 0.336* / 0.254 (*1,000 steps);
 # 96: 0.398 / 0.277; 192: 0.406 / 0.297; 256: 0.359 / 0.301; 256 at lr 5e-4: 0.381 / 0.318;
