@@ -50,8 +50,9 @@ from sbir.models.imagenet import IMAGENET_CLASSES
 from sbir.models.registry import register_method
 
 Inputs = Tensor | Mapping[str, Tensor]
-#: the default of ``stages``: the last stage (7x7) and the final convolution train
-DEFAULT_STAGES = 1
+#: the default of ``stages``: the last two stages (14x14 and 7x7) and the final convolution train (chosen on the
+#: seen-class val split of Sketchy: 2 stages reached val mAP@all 0.604 against 0.533 for 1)
+DEFAULT_STAGES = 2
 
 
 def batch_norms(module: nn.Module) -> list[nn.Module]:
