@@ -142,8 +142,9 @@ def test_parameter_groups_scale_the_pretrained_parts_only():
     assert pretrained["lr"] == pytest.approx(1e-4) and new["lr"] == pytest.approx(1e-3)
     names = {id(p): n for n, p in model.named_parameters()}
     assert pretrained["params"] and all(names[id(p)].startswith("backbone.") for p in pretrained["params"])
-    assert {names[id(p)] for p in new["params"]} == {"gates.0", "gates.1", "embedding.weight", "embedding.bias",
-                                                       "classifier.weight", "classifier.bias"}
+    gates = {f"gates.{number}" for number in range(model.stages + 1)}  # one per trained stage, one on the head
+    assert model.stages >= 1 and {names[id(p)] for p in new["params"]} == gates | {
+        "embedding.weight", "embedding.bias", "classifier.weight", "classifier.bias"}
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(pretrained["params"]) + len(new["params"]) == len(trainable)
 
