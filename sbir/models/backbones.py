@@ -265,6 +265,13 @@ class EfficientNetBackbone(Backbone):
             features = stage(features)
         return features
 
+    def top_map(self, features: torch.Tensor, last: int) -> torch.Tensor:
+        """The final feature map ``[B, D, h, w]`` of the last ``last`` stages and the final convolution on their
+        input ``features`` (what :meth:`lower` made)."""
+        for stage in self.stage_modules(last):
+            features = stage(features)
+        return self.head_map(features)
+
     def head_map(self, features: torch.Tensor) -> torch.Tensor:
         """The final 1x1 convolution (+ batch norm and activation) on the last stage's output: ``[B, D, h, w]``."""
         return self.model.bn2(self.model.conv_head(features))

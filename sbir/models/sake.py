@@ -194,10 +194,8 @@ class SAKE(RetrievalModel):
         """The teacher's ImageNet logits from ``stage_input`` (what the frozen part, the same in the teacher and the
         student, made of the images) through the teacher's own top stages (the cache holds them for its inputs)."""
         with torch.no_grad():
-            features = stage_input
-            for module in self.teacher.stage_modules(self.stages):
-                features = module(features)
-            return self.teacher.classifier(self.teacher.tokens_of_map(self.teacher.head_map(features)).pooled).float()
+            top = self.teacher.top_map(stage_input, self.stages)
+            return self.teacher.classifier(self.teacher.tokens_of_map(top).pooled).float()
 
     # ------------------------------------------------------------------------------------------------ loss
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:

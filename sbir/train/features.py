@@ -66,10 +66,8 @@ def _forward(backbone: Backbone, images: torch.Tensor, stage_inputs: int | None)
     if stage_inputs is None:
         out = backbone.forward_tokens(images)
         return out.pooled, out.tokens, None, None
-    stage = features = backbone.lower(images, stage_inputs)
-    for module in backbone.stage_modules(stage_inputs):
-        features = module(features)
-    out = backbone.tokens_of_map(backbone.head_map(features))
+    stage = backbone.lower(images, stage_inputs)
+    out = backbone.tokens_of_map(backbone.top_map(stage, stage_inputs))
     return out.pooled, out.tokens, stage, backbone.classifier(out.pooled)
 
 
